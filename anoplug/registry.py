@@ -1,0 +1,277 @@
+"""The plugin registry: one pluggy manager, isolated loading, name lookup.
+
+Each entry point of group ``anoplug`` is loaded in its own try/except and each
+hookimpl is called individually, so one broken plugin is recorded (and shown by
+``anoplug plugins``) but never breaks the host. ``ANOPLUG_STRICT_PLUGINS=1`` re-raises.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import os
+import traceback
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import pluggy
+
+from anoplug import hookspecs
+from anoplug._version import API_VERSION
+from anoplug.specs import CATEGORIES, DatasetSpec, EvaluatorSpec, GeneratorSpec
+
+ENTRY_POINT_GROUP = "anoplug"
+BUILTIN_PLUGINS = ("anoplug.builtin",)
+
+_KINDS = {
+    "generators": ("anoplug_generators", GeneratorSpec),
+    "evaluators": ("anoplug_evaluators", EvaluatorSpec),
+    "datasets": ("anoplug_datasets", DatasetSpec),
+}
+
+
+class PluginError(RuntimeError):
+    """A plugin could not be loaded or registered (raised in strict mode)."""
+
+
+class UnknownNameError(LookupError):
+    """No generator/evaluator/dataset of that name is registered."""
+
+    def __str__(self) -> str:  # KeyError-style quoting is unhelpful on a CLI
+        return str(self.args[0])
+
+
+@dataclass
+class PluginStatus:
+    """One row of ``anoplug plugins``."""
+
+    name: str
+    distribution: str = ""
+    version: str = ""
+    provides: dict[str, list[str]] = field(default_factory=dict)
+    error: str = ""
+    traceback: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.error
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "distribution": self.distribution, "version": self.version,
+                "provides": self.provides, "status": "ok" if self.ok else "error", "error": self.error}
+
+
+def _env_list(var: str) -> list[str] | None:
+    raw = os.environ.get(var)
+    if raw is None:
+        return None
+    return [x.strip() for x in raw.split(",") if x.strip()]
+
+
+def _strict() -> bool:
+    return os.environ.get("ANOPLUG_STRICT_PLUGINS", "") not in ("", "0", "false")
+
+
+def check_api_version(spec_version: str, what: str) -> None:
+    """Refuse another major version; warn about a newer minor one."""
+    try:
+        smaj, smin = (int(x) for x in str(spec_version).split(".")[:2])
+        hmaj, hmin = (int(x) for x in API_VERSION.split(".")[:2])
+    except ValueError:
+        raise PluginError(f"{what}: malformed api_version {spec_version!r} (expected 'MAJOR.MINOR')") from None
+    if smaj != hmaj:
+        raise PluginError(f"{what}: plugin API {spec_version} is incompatible with host API {API_VERSION}")
+    if smin > hmin:
+        warnings.warn(f"{what}: plugin API {spec_version} is newer than host API {API_VERSION}", stacklevel=2)
+
+
+class Registry:
+    """Owns the plugin manager and the name → spec tables."""
+
+    def __init__(self, *, discover: bool = True, builtins: bool = True) -> None:
+        self.pm = pluggy.PluginManager("anoplug")
+        self.pm.add_hookspecs(hookspecs)
+        self.status: dict[str, PluginStatus] = {}
+        self._tables: dict[str, dict[str, tuple[Any, str]]] = {k: {} for k in _KINDS}
+        self._conflicts: dict[str, dict[str, list[str]]] = {k: {} for k in _KINDS}
+        if builtins:
+            for mod in BUILTIN_PLUGINS:
+                self._load_module(mod, mod, "anoplug", _host_version())
+        if discover:
+            self._discover()
+
+    # -- loading ------------------------------------------------------------------------
+    def _discover(self) -> None:
+        only = _env_list("ANOPLUG_LOAD_PLUGINS")
+        disabled = set(_env_list("ANOPLUG_DISABLE_PLUGINS") or [])
+        for ep in sorted(md.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+            dist = ep.dist.name if ep.dist else ""
+            if only is not None and ep.name not in only and dist not in only:
+                continue
+            if ep.name in disabled or dist in disabled:
+                continue
+            version = ep.dist.version if ep.dist else ""
+            self._load(ep.name, dist, version, ep.load)
+
+    def _load_module(self, name: str, module: str, dist: str, version: str) -> None:
+        import importlib
+
+        self._load(name, dist, version, lambda: importlib.import_module(module))
+
+    def _load(self, name: str, dist: str, version: str, loader) -> None:
+        st = PluginStatus(name=name, distribution=dist, version=version)
+        self.status[name] = st
+        try:
+            plugin = loader()
+            self.pm.register(plugin, name=name)
+        except Exception as e:
+            self._fail(st, e)
+            return
+        self._collect(name, plugin, st)
+
+    def _fail(self, st: PluginStatus, e: BaseException) -> None:
+        st.error = f"{type(e).__name__}: {e}"
+        st.traceback = traceback.format_exc()
+        if _strict():
+            raise PluginError(f"plugin {st.name!r} ({st.distribution}) failed: {st.error}") from e
+
+    def _collect(self, name: str, plugin: Any, st: PluginStatus) -> None:
+        """Call each registration hook of one plugin individually and file its specs."""
+        for kind, (hook_name, spec_type) in _KINDS.items():
+            impls = [i for i in getattr(self.pm.hook, hook_name).get_hookimpls() if i.plugin is plugin]
+            for impl in impls:
+                try:
+                    specs = list(impl.function() or [])
+                    for spec in specs:
+                        if not isinstance(spec, spec_type):
+                            raise PluginError(f"{hook_name} returned {type(spec).__name__}, expected {spec_type.__name__}")
+                        check_api_version(spec.api_version, f"{kind[:-1]} {spec.name!r}")
+                        if kind == "generators" and spec.category not in CATEGORIES:
+                            raise PluginError(f"generator {spec.name!r}: unknown category {spec.category!r}; "
+                                              f"known: {', '.join(CATEGORIES)}")
+                    for spec in specs:
+                        self._add(kind, spec, st)
+                except Exception as e:
+                    self._fail(st, e)
+
+    def _add(self, kind: str, spec: Any, st: PluginStatus) -> None:
+        table = self._tables[kind]
+        owner = st.distribution or st.name
+        if spec.name in table or spec.name in self._conflicts[kind]:
+            others = self._conflicts[kind].get(spec.name) or [table.pop(spec.name)[1]]
+            self._conflicts[kind][spec.name] = [*others, owner]
+            msg = f"duplicate {kind[:-1]} name {spec.name!r} provided by {' and '.join(self._conflicts[kind][spec.name])}"
+            for s in self.status.values():
+                if (s.distribution or s.name) in self._conflicts[kind][spec.name] and msg not in s.error:
+                    s.error = f"{s.error}; {msg}" if s.error else msg
+            if _strict():
+                raise PluginError(msg)
+            return
+        table[spec.name] = (spec, owner)
+        st.provides.setdefault(kind, []).append(spec.name)
+
+    # -- registering from code ----------------------------------------------------------
+    def register(self, obj: Any, name: str | None = None) -> str:
+        """Register a plugin object (module or instance with ``@hookimpl`` methods).
+
+        For plugins defined in a notebook cell. Errors raise immediately (no isolation:
+        the user is right there). A duplicate name raises naming both owners.
+        """
+        name = name or getattr(obj, "__name__", None) or f"{type(obj).__name__}-{id(obj):x}"
+        st = PluginStatus(name=name, distribution="(registered in code)", version="")
+        for kind, (hook_name, spec_type) in _KINDS.items():  # validate before touching state
+            fn = getattr(obj, hook_name, None)
+            for spec in (fn() or []) if fn else []:
+                if not isinstance(spec, spec_type):
+                    raise PluginError(f"{hook_name} returned {type(spec).__name__}, expected {spec_type.__name__}")
+                check_api_version(spec.api_version, f"{kind[:-1]} {spec.name!r}")
+                if spec.name in self._tables[kind]:
+                    raise PluginError(f"duplicate {kind[:-1]} name {spec.name!r}: already provided by "
+                                      f"{self._tables[kind][spec.name][1]}, now also by {name}")
+        self.pm.register(obj, name=name)
+        self.status[name] = st
+        old = os.environ.pop("ANOPLUG_STRICT_PLUGINS", None)
+        try:
+            self._collect(name, obj, st)
+        finally:
+            if old is not None:
+                os.environ["ANOPLUG_STRICT_PLUGINS"] = old
+        if st.error:
+            self.unregister(name)
+            raise PluginError(st.error)
+        return name
+
+    def unregister(self, name: str) -> None:
+        st = self.status.pop(name, None)
+        if st is not None:
+            for kind, names in st.provides.items():
+                for n in names:
+                    self._tables[kind].pop(n, None)
+        if self.pm.get_plugin(name) is not None:
+            self.pm.unregister(name=name)
+
+    # -- lookup ---------------------------------------------------------------------------
+    def specs(self, kind: str) -> dict[str, Any]:
+        return {n: s for n, (s, _) in sorted(self._tables[kind].items())}
+
+    def spec(self, kind: str, name: str) -> Any:
+        if name in self._conflicts[kind]:
+            raise PluginError(f"{kind[:-1]} name {name!r} is provided by several plugins: "
+                              f"{' and '.join(self._conflicts[kind][name])}; disable one with ANOPLUG_DISABLE_PLUGINS")
+        try:
+            return self._tables[kind][name][0]
+        except KeyError:
+            known = ", ".join(sorted(self._tables[kind])) or "(none installed)"
+            raise UnknownNameError(f"unknown {kind[:-1]} {name!r}; available: {known}") from None
+
+    def owner(self, kind: str, name: str) -> str:
+        return self._tables[kind][name][1]
+
+    def generator_class(self, name: str) -> type:
+        spec = self.spec("generators", name)
+        cls = spec.load()
+        if getattr(cls, "name", None) != spec.name:
+            raise PluginError(f"generator spec {spec.name!r} loads class {cls.__qualname__} named {getattr(cls, 'name', None)!r}")
+        return cls
+
+    def get_generator(self, name: str, **params: Any) -> Any:
+        return self.generator_class(name)(**params)
+
+    def get_evaluator(self, name: str, **params: Any) -> Any:
+        return self.spec("evaluators", name).load()(**params)
+
+    @property
+    def hook(self) -> Any:
+        return self.pm.hook
+
+    def configure(self, config: dict) -> None:
+        self.pm.hook.anoplug_configure.call_historic(kwargs={"config": config})
+
+
+def _host_version() -> str:
+    from anoplug._version import __version__
+
+    return __version__
+
+
+_registry: Registry | None = None
+
+
+def get_registry() -> Registry:
+    """The process-wide registry, built on first use."""
+    global _registry
+    if _registry is None:
+        _registry = Registry()
+    return _registry
+
+
+def set_registry(reg: Registry | None) -> Registry | None:
+    """Swap the process-wide registry (tests use an isolated one); returns the previous."""
+    global _registry
+    old, _registry = _registry, reg
+    return old
+
+
+def active_hooks() -> Any:
+    """The hook relay of the registry if one was built, else ``None`` (no side effects)."""
+    return None if _registry is None else _registry.pm.hook

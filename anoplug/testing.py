@@ -1,0 +1,1 @@
+"""Conformance kit (pytest plugin). Work in progress: fixtures and mixins land next."""

@@ -1,0 +1,285 @@
+"""The data contract every generator, evaluator and dataset speaks: :class:`Batch`.
+
+One layout everywhere (float32, channels first, values in [0, 1]) fixes the value-range
+confusion that plagues ported generators; the lossless uint8/PIL/path conversions mean
+users never hand-convert.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+GOOD = "good"
+
+
+class BatchError(ValueError):
+    """A batch violates the data contract (shape, dtype, range)."""
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise BatchError(msg)
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """[B,C,H,W] float in [0,1] -> [B,H,W,C] uint8 with round-half-even, lossless for k/255."""
+    return (x.detach().clamp(0, 1) * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def from_uint8(a: np.ndarray) -> torch.Tensor:
+    """[B,H,W,C] or [H,W,C] or [H,W] uint8 -> [B,C,H,W] float32 in [0,1]."""
+    a = np.asarray(a)
+    if a.dtype != np.uint8:
+        raise BatchError(f"expected uint8 array, got {a.dtype}")
+    if a.ndim == 2:
+        a = a[None, :, :, None]
+    elif a.ndim == 3:
+        a = a[None] if a.shape[-1] in (1, 3) else a[..., None]
+    return torch.from_numpy(np.ascontiguousarray(a)).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def load_image(path: str | Path, mode: str = "RGB") -> np.ndarray:
+    """Read an image file into uint8 HWC (or HW for ``mode="L"``) with a clear error.
+
+    Grayscale and RGBA inputs are converted to RGB (alpha dropped); 16-bit images are
+    scaled to 8 bit by their full range (65535 -> 255), which is documented, not silent.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image file not found: {path}")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+                arr = np.asarray(im, dtype=np.float64)
+                arr = np.clip(arr / 65535.0 * 255.0 if arr.max() > 255 else arr, 0, 255)
+                arr = arr.round().astype(np.uint8)
+                im = Image.fromarray(arr, "L")
+            return np.asarray(im.convert(mode))
+    except (OSError, SyntaxError, ValueError) as e:  # PIL's family of decode errors
+        raise BatchError(f"cannot read image {path}: {e}") from e
+
+
+@dataclass
+class Batch:
+    """A batch of images with masks and labels.
+
+    - ``image``: float32 ``[B,3,H,W]`` in [0,1];
+    - ``mask``: float32 ``[B,1,H,W]`` in {0,1} (1 = anomalous pixel); a method with soft
+      labels keeps them in ``extras["soft_mask"]``;
+    - ``label``: one string per sample, ``"good"`` for normal, else the anomaly type;
+    - ``meta``: one dict per sample (method, params, seed, source, sampled parameters);
+    - optional ``object_mask`` ``[B,1,H,W]`` {0,1}, ``depth`` ``[B,1,H,W]`` float32,
+      ``text`` (one caption per sample), ``extras`` (named tensors, leading dim B).
+    """
+
+    image: torch.Tensor
+    mask: torch.Tensor | None = None
+    label: list[str] | None = None
+    meta: list[dict] | None = None
+    object_mask: torch.Tensor | None = None
+    depth: torch.Tensor | None = None
+    text: list[str] | None = None
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.image, torch.Tensor):
+            raise BatchError(f"Batch.image must be a torch.Tensor, got {type(self.image).__name__}")
+        if self.image.ndim == 3:
+            self.image = self.image[None]
+        b, _, h, w = self.image.shape if self.image.ndim == 4 else (0, 0, 0, 0)
+        if self.mask is None and self.image.ndim == 4:
+            self.mask = torch.zeros(b, 1, h, w, dtype=torch.float32, device=self.image.device)
+        if self.label is None:
+            self.label = [GOOD] * len(self.image)
+        if self.meta is None:
+            self.meta = [{} for _ in range(len(self.image))]
+        self.validate()
+
+    # -- contract -------------------------------------------------------------------
+    def validate(self) -> Batch:
+        """Raise :class:`BatchError` naming the field that breaks the contract."""
+        x = self.image
+        _check(x.ndim == 4 and x.shape[1] == 3, f"image must be [B,3,H,W], got {tuple(x.shape)}")
+        _check(x.dtype == torch.float32, f"image must be float32, got {x.dtype}")
+        b, _, h, w = x.shape
+        if b and not x.is_meta:
+            lo, hi = float(x.min()), float(x.max())
+            _check(lo >= 0.0 and hi <= 1.0, f"image values must be in [0,1], got [{lo:.4g}, {hi:.4g}]")
+        for name in ("mask", "object_mask", "depth"):
+            t = getattr(self, name)
+            if t is None:
+                continue
+            _check(isinstance(t, torch.Tensor), f"{name} must be a torch.Tensor")
+            _check(tuple(t.shape) == (b, 1, h, w), f"{name} must be [{b},1,{h},{w}], got {tuple(t.shape)}")
+            _check(t.dtype == torch.float32, f"{name} must be float32, got {t.dtype}")
+            if name != "depth" and b:
+                _check(bool(((t == 0) | (t == 1)).all()), f"{name} must be binary {{0,1}}")
+        _check(len(self.label) == b, f"label has {len(self.label)} entries for {b} images")
+        _check(len(self.meta) == b, f"meta has {len(self.meta)} entries for {b} images")
+        if self.text is not None:
+            _check(len(self.text) == b, f"text has {len(self.text)} entries for {b} images")
+        for k, v in self.extras.items():
+            _check(isinstance(v, torch.Tensor) and v.shape[:1] == (b,), f"extras[{k!r}] must have leading dim {b}")
+        return self
+
+    # -- basics -----------------------------------------------------------------------
+    def __len__(self) -> int:
+        return int(self.image.shape[0])
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(H, W)."""
+        return int(self.image.shape[-2]), int(self.image.shape[-1])
+
+    @property
+    def is_anomalous(self) -> list[bool]:
+        return [lab != GOOD for lab in self.label]
+
+    def _map_tensors(self, fn) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, torch.Tensor):
+                out[f.name] = fn(v)
+            elif f.name == "extras":
+                out[f.name] = {k: fn(t) for k, t in v.items()}
+        return out
+
+    def __getitem__(self, idx: int | slice | Sequence[int]) -> Batch:
+        """Select samples: ``batch[0]``, ``batch[2:5]``, ``batch[[0, 3]]`` (always a Batch)."""
+        if isinstance(idx, int):
+            idx = [idx]
+        ids = list(range(len(self)))[idx] if isinstance(idx, slice) else list(idx)
+        it = torch.as_tensor(ids, dtype=torch.long)
+        kw = self._map_tensors(lambda t: t.index_select(0, it.to(t.device)))
+        return Batch(
+            label=[self.label[i] for i in ids],
+            meta=[dict(self.meta[i]) for i in ids],
+            text=None if self.text is None else [self.text[i] for i in ids],
+            **kw,
+        )
+
+    def to(self, device: str | torch.device) -> Batch:
+        return replace(self, **self._map_tensors(lambda t: t.to(device)))
+
+    def clone(self) -> Batch:
+        kw = self._map_tensors(lambda t: t.clone())
+        return replace(self, label=list(self.label), meta=[dict(m) for m in self.meta],
+                       text=None if self.text is None else list(self.text), **kw)
+
+    @staticmethod
+    def cat(batches: Sequence[Batch]) -> Batch:
+        """Concatenate batches; optional fields must be present in all or none."""
+        if not batches:
+            raise BatchError("cannot concatenate an empty list of batches")
+
+        def cat_opt(name: str) -> torch.Tensor | None:
+            vals = [getattr(b, name) for b in batches]
+            if all(v is None for v in vals):
+                return None
+            _check(all(v is not None for v in vals), f"{name} present in some batches only")
+            return torch.cat(vals)
+
+        texts = [b.text for b in batches]
+        _check(all(t is None for t in texts) or all(t is not None for t in texts), "text present in some batches only")
+        keys = set(batches[0].extras)
+        _check(all(set(b.extras) == keys for b in batches), "extras keys differ between batches")
+        return Batch(
+            image=torch.cat([b.image for b in batches]),
+            mask=torch.cat([b.mask for b in batches]),
+            label=[lab for b in batches for lab in b.label],
+            meta=[m for b in batches for m in b.meta],
+            object_mask=cat_opt("object_mask"),
+            depth=cat_opt("depth"),
+            text=None if texts[0] is None else [s for t in texts for s in t],
+            extras={k: torch.cat([b.extras[k] for b in batches]) for k in keys},
+        )
+
+    # -- conversions --------------------------------------------------------------------
+    @classmethod
+    def from_numpy(cls, images: np.ndarray | Sequence[np.ndarray], masks: np.ndarray | Sequence[np.ndarray] | None = None,
+                   **kw: Any) -> Batch:
+        """From uint8 HWC images (a list or a [B,H,W,C] array); masks uint8 HW, nonzero = anomalous."""
+        imgs = [np.asarray(i) for i in images] if not isinstance(images, np.ndarray) or images.ndim == 3 else list(images)
+        if isinstance(images, np.ndarray) and images.ndim == 3 and images.shape[-1] == 3:
+            imgs = [images]
+        for k, a in enumerate(imgs):
+            if a.dtype != np.uint8:
+                raise BatchError(f"image {k}: expected uint8, got {a.dtype}")
+            if a.ndim == 2:
+                imgs[k] = np.repeat(a[..., None], 3, axis=-1)
+            elif a.ndim == 3 and a.shape[-1] == 4:
+                imgs[k] = a[..., :3]
+            elif not (a.ndim == 3 and a.shape[-1] == 3):
+                raise BatchError(f"image {k}: expected HxWx3 uint8, got shape {a.shape}")
+        shapes = {a.shape for a in imgs}
+        if len(shapes) != 1:
+            raise BatchError(f"images have different sizes: {sorted(shapes)}")
+        image = from_uint8(np.stack(imgs))
+        mask = None
+        if masks is not None:
+            ms = [np.asarray(m) for m in masks]
+            ms = [m[..., 0] if m.ndim == 3 else m for m in ms]
+            mask = torch.from_numpy((np.stack(ms) > 0).astype(np.float32))[:, None]
+        return cls(image=image, mask=mask, **kw)
+
+    def to_numpy(self) -> tuple[np.ndarray, np.ndarray]:
+        """(images uint8 [B,H,W,3], masks uint8 [B,H,W] in {0,255})."""
+        return to_uint8(self.image), (to_uint8(self.mask)[..., 0])
+
+    @classmethod
+    def from_pil(cls, images: Sequence[Image.Image] | Image.Image, **kw: Any) -> Batch:
+        if isinstance(images, Image.Image):
+            images = [images]
+        return cls.from_numpy([np.asarray(im.convert("RGB")) for im in images], **kw)
+
+    def to_pil(self) -> list[Image.Image]:
+        return [Image.fromarray(a) for a in to_uint8(self.image)]
+
+    def mask_pil(self) -> list[Image.Image]:
+        return [Image.fromarray(a[..., 0]) for a in to_uint8(self.mask)]
+
+    @classmethod
+    def from_paths(cls, paths: Sequence[str | Path], mask_paths: Sequence[str | Path | None] | None = None,
+                   size: int | tuple[int, int] | None = None, **kw: Any) -> Batch:
+        """Read image files (and optional mask files); ``size`` resizes (bilinear / nearest)."""
+        hw = (size, size) if isinstance(size, int) else size
+        imgs, masks = [], []
+        for k, p in enumerate(paths):
+            a = load_image(p)
+            if hw is not None and a.shape[:2] != hw:
+                a = np.asarray(Image.fromarray(a).resize((hw[1], hw[0]), Image.BILINEAR))
+            imgs.append(a)
+            mp = mask_paths[k] if mask_paths is not None else None
+            if mp is None:
+                m = np.zeros(a.shape[:2], np.uint8)
+            else:
+                m = load_image(mp, mode="L")
+                if hw is not None and m.shape != hw:
+                    m = np.asarray(Image.fromarray(m).resize((hw[1], hw[0]), Image.NEAREST))
+                if m.shape != a.shape[:2]:
+                    raise BatchError(f"mask {mp} is {m.shape[1]}x{m.shape[0]} but image {p} is {a.shape[1]}x{a.shape[0]}")
+            masks.append(m)
+        meta = kw.pop("meta", None) or [{"source": str(p)} for p in paths]
+        return cls.from_numpy(imgs, masks, meta=meta, **kw)
+
+    def save_png(self, directory: str | Path, stem: str = "img") -> list[Path]:
+        """Write images (and non-empty masks as ``*_mask.png``); returns the image paths."""
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        out = []
+        for i, (im, m) in enumerate(zip(self.to_pil(), self.mask_pil())):
+            p = d / f"{stem}_{i:04d}.png"
+            im.save(p)
+            if self.label[i] != GOOD:
+                m.save(d / f"{stem}_{i:04d}_mask.png")
+            out.append(p)
+        return out
