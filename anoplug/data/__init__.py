@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from anoplug.data.base import Dataset, DataError
+from anoplug.data.base import DataError, Dataset
 
 __all__ = ["Dataset", "DataError", "open_dataset"]
 
