@@ -157,16 +157,19 @@ class GeneratorConformance(_Base):
         return make_toy_batch(self.batch_size, self.image_size)
 
     @pytest.fixture(scope="class")
-    def gen(self) -> Any:
-        return self.make_generator()
+    @classmethod
+    def gen(cls) -> Any:
+        return cls().make_generator()
 
     @pytest.fixture(scope="class")
-    def batch(self) -> Any:
-        return self.make_batch()
+    @classmethod
+    def batch(cls) -> Any:
+        return cls().make_batch()
 
     @pytest.fixture(scope="class")
-    def output(self, gen: Any, batch: Any) -> Any:
-        return gen.generate(batch, seed=0, **self.conditions)
+    @classmethod
+    def output(cls, gen: Any, batch: Any) -> Any:
+        return gen.generate(batch, seed=0, **cls.conditions)
 
     def test_metadata(self, gen: Any) -> None:
         from anoplug.specs import CATEGORIES

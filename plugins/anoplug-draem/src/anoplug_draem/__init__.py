@@ -1,0 +1,1 @@
+"""DRAEM (Zavrtanik, Kristan, Skočaj — ICCV 2021): Perlin-noise masks filled with augmented texture."""
