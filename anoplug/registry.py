@@ -57,7 +57,7 @@ class PluginStatus:
         return not self.error
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "distribution": self.distribution, "version": self.version,
+        return {"name": self.name, "distribution": self.distribution or "(registered in code)", "version": self.version,
                 "provides": self.provides, "status": "ok" if self.ok else "error", "error": self.error}
 
 
@@ -178,7 +178,7 @@ class Registry:
         the user is right there). A duplicate name raises naming both owners.
         """
         name = name or getattr(obj, "__name__", None) or f"{type(obj).__name__}-{id(obj):x}"
-        st = PluginStatus(name=name, distribution="(registered in code)", version="")
+        st = PluginStatus(name=name)  # no distribution: owner shown by plugin name
         for kind, (hook_name, spec_type) in _KINDS.items():  # validate before touching state
             fn = getattr(obj, hook_name, None)
             for spec in (fn() or []) if fn else []:
