@@ -1,0 +1,428 @@
+"""The embedded procedural dataset: industrial-looking images that ship inside anoplug.
+
+Every demo, test and notebook needs data without a download or a licence question, so
+ten categories are *rendered* on the fly, deterministically from
+``(category, split, index, seed)``, at any square size:
+
+- textures: ``fabric`` (plain weave), ``metal`` (brushed), ``wood`` (grain), ``carpet``
+  (tufted fibre), ``tile`` (tiles with grout);
+- objects on a background, with ``object_mask``: ``capsule`` (pill), ``nut`` (hex nut),
+  ``bottle`` (bottle top seen from above);
+- depth: ``surface3d`` — a studded rubber mat whose height map is returned as ``depth``
+  and rendered with shading (the MVTec 3D-AD analogue);
+- logical: ``tray`` — parts in a fixed arrangement (the MVTec LOCO analogue).
+
+The "real" defects (scratch, hole, crack, stain, contamination, thread break, dent and
+missing / extra / misplaced / swapped components) are drawn by the processes in
+:mod:`anoplug.data.toy_defects` and :mod:`anoplug.data.toy_tray`, which share nothing
+with any generator plugin (no Perlin masks, no pasted patches), so they can serve as
+held-out real anomalies in evaluation. Every sample carries a one-sentence caption in
+``Batch.text``. Normal samples of a category vary (placement, grain, lighting) but keep
+one look, as in MVTec AD, so a detector has a well-defined notion of "normal".
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from anoplug.data import toy_defects as D
+from anoplug.data.base import DataError, Dataset
+from anoplug.data.toy_render import Scene, fractal, grid, hexagon_sdf, noise, smooth_step
+from anoplug.types import GOOD, Batch
+
+__all__ = ["CATEGORIES", "DEFAULT_LENGTH", "ToyDataset", "ToySample", "render", "render_sample", "label_for"]
+
+#: category -> kind ("texture" / "object" / "depth" / "logical"), defect labels, material phrase.
+CATEGORIES: dict[str, dict] = {
+    "fabric": {"kind": "texture", "defects": ("thread_break", "hole", "stain", "contamination"),
+               "material": "woven fabric"},
+    "metal": {"kind": "texture", "defects": ("scratch", "hole", "stain", "contamination"),
+              "material": "brushed metal"},
+    "wood": {"kind": "texture", "defects": ("scratch", "hole", "crack", "stain"), "material": "wood grain"},
+    "carpet": {"kind": "texture", "defects": ("hole", "stain", "contamination"), "material": "tufted carpet"},
+    "tile": {"kind": "texture", "defects": ("crack", "hole", "stain", "contamination"), "material": "ceramic tiles"},
+    "capsule": {"kind": "object", "defects": ("crack", "scratch", "hole", "contamination"),
+                "material": "a capsule"},
+    "nut": {"kind": "object", "defects": ("scratch", "stain", "contamination", "crack"), "material": "a hex nut"},
+    "bottle": {"kind": "object", "defects": ("crack", "contamination", "hole"), "material": "a bottle top"},
+    "surface3d": {"kind": "depth", "defects": ("dent", "hole", "crack", "contamination"),
+                  "material": "a studded rubber mat"},
+    "tray": {"kind": "logical", "defects": ("missing", "extra", "misplaced", "swapped"),
+             "material": "a parts tray"},
+}
+
+#: default number of samples per split (test: good and every defect type interleaved).
+DEFAULT_LENGTH = {"train": 64, "test": 48}
+
+_SPLITS = ("train", "test")
+
+
+def _rng(category: str, split: str, index: int, seed: int) -> np.random.Generator:
+    """A numpy Generator owned by one sample: (seed, category, split, index) alone decide it."""
+    key = [int(seed), zlib.crc32(category.encode()), _SPLITS.index(split), int(index)]
+    return np.random.default_rng(np.random.SeedSequence(key))
+
+
+def _check_category(category: str) -> None:
+    if category not in CATEGORIES:
+        raise DataError(f"unknown toy category {category!r}; choose one of: {', '.join(CATEGORIES)}")
+
+
+def label_for(category: str, split: str, index: int, defects: Sequence[str] | None = None) -> str:
+    """The label of sample ``index``: train is all good; test cycles good, defect 1, defect 2, ..."""
+    if split == "train":
+        return GOOD
+    cycle = (GOOD, *(defects if defects is not None else CATEGORIES[category]["defects"]))
+    return cycle[index % len(cycle)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Normal appearance, one renderer per category. Each returns a Scene (albedo, optional height
+# map, where defects may go); defects then edit the scene before it is finished.
+# ---------------------------------------------------------------------------------------------
+
+def _fabric(rng: np.random.Generator, n: int) -> Scene:
+    threads = rng.uniform(22, 26)
+    colour = np.array([0.62, 0.58, 0.50]) + rng.normal(0, 0.012, 3)
+    p = {"threads": threads, "colour": colour, "wobble_u": noise(rng, n, 3) * 0.12,
+         "wobble_v": noise(rng, n, 3) * 0.12, "thread_tint": rng.normal(0, 0.03, (2, 64)),
+         "fibre": fractal(rng, n, (n // 3, 6), octaves=2) * 0.06, "fibre2": fractal(rng, n, (6, n // 3), octaves=2) * 0.06}
+    return Scene(n=n, albedo=render_fabric(p, n), params=p)
+
+
+def _arch(f: np.ndarray) -> np.ndarray:
+    """Rounded thread cross-section on [0, 1): 0 at the edges, 1 in the middle (cheap sin**0.6)."""
+    t = 4.0 * f * (1.0 - f)
+    return np.sqrt(t) * (1.25 - 0.25 * t)
+
+
+def render_fabric(p: dict, n: int, broken: tuple[int, float, float] | None = None) -> np.ndarray:
+    """Plain weave: warp (vertical) and weft (horizontal) threads alternately on top.
+
+    ``broken=(row, u0, u1)`` removes weft thread ``row`` between warp positions u0..u1,
+    letting the warp threads and the gap beneath show through (a thread break).
+    """
+    y, x = grid(n)
+    u = x * p["threads"] + p["wobble_u"]
+    v = y * p["threads"] + p["wobble_v"]
+    iu, iv = np.floor(u), np.floor(v)
+    fu, fv = u - iu, v - iv
+    au, av = _arch(fu), _arch(fv)
+    warp_top = ((iu + iv) % 2) == 0
+    su, sv = np.sqrt(av), np.sqrt(au)
+    shade = np.where(warp_top, au * (0.55 + 0.45 * su), av * (0.55 + 0.45 * sv))
+    ju, jv = iu.astype(np.int64) % 64, iv.astype(np.int64) % 64
+    tint = np.where(warp_top, p["thread_tint"][0][ju], p["thread_tint"][1][jv])
+    fib = np.where(warp_top, p["fibre"], p["fibre2"])
+    if broken is not None:
+        row, u0, u1 = broken
+        gone = (iv == row) & (u >= u0) & (u <= u1)
+        # Without the weft on top, the warp threads show flat and lower (darker), with dark gaps.
+        shade = np.where(gone, 0.55 * au, shade)
+        tint = np.where(gone, p["thread_tint"][0][ju], tint)
+        fib = np.where(gone, p["fibre"], fib)
+    lum = 0.18 + 0.82 * shade + fib
+    return (p["colour"][None, None, :] + tint[..., None]) * lum[..., None]
+
+
+def _metal(rng: np.random.Generator, n: int) -> Scene:
+    y, x = grid(n)
+    streaks = fractal(rng, n, (max(n // 2, 8), 4), octaves=3, persistence=0.6)
+    fine = noise(rng, n, (n, max(n // 8, 2)))
+    sheen = 0.08 * np.sin(np.pi * (x * rng.uniform(0.6, 1.2) + rng.uniform(0, 2)))
+    lum = 0.56 + rng.normal(0, 0.015) + 0.05 * streaks + 0.025 * fine + sheen + 0.05 * noise(rng, n, 2)
+    colour = np.array([0.96, 0.98, 1.02])
+    return Scene(n=n, albedo=lum[..., None] * colour)
+
+
+def _wood(rng: np.random.Generator, n: int) -> Scene:
+    y, x = grid(n)
+    rings = rng.uniform(7, 10)
+    warp = 0.9 * fractal(rng, n, (2, 3), octaves=3) + 0.25 * (y - 0.5) * rng.normal(0, 1)
+    v = x * rings + warp * 1.6 + rng.uniform(0, 1)
+    r = v - np.floor(v)
+    late = smooth_step(0.55, 0.95, r) * (1 - smooth_step(0.95, 1.0, r))  # dark latewood band per ring
+    fibres = fractal(rng, n, (3, max(n // 3, 8)), octaves=2)  # long vertical fibres
+    t = np.clip(0.15 + 0.65 * late + 0.12 * fibres + 0.05 * noise(rng, n, 4), 0, 1)
+    light = np.array([0.78, 0.58, 0.36]) + rng.normal(0, 0.02, 3)
+    dark = np.array([0.50, 0.30, 0.15]) + rng.normal(0, 0.015, 3)
+    return Scene(n=n, albedo=light * (1 - t[..., None]) + dark * t[..., None])
+
+
+def _carpet(rng: np.random.Generator, n: int) -> Scene:
+    y, x = grid(n)
+    k = rng.uniform(15, 17)
+    jit_u, jit_v = noise(rng, n, 6) * 0.12, noise(rng, n, 6) * 0.12
+    v = y * k + jit_v
+    row = np.floor(v)
+    u = x * k + 0.5 * (row % 2) + jit_u
+    fu, fv = u - np.floor(u) - 0.5, v - row - 0.5
+    d = np.sqrt((fu / 0.5) ** 2 + (fv / 0.42) ** 2)
+    tuft = np.clip(1 - d**2, 0, 1) ** 0.7
+    fibre = fractal(rng, n, (n // 4, n // 4), octaves=2)
+    lum = 0.35 + 0.55 * tuft + 0.12 * fibre + 0.05 * noise(rng, n, 3)
+    colour = np.array([0.55, 0.50, 0.58]) + rng.normal(0, 0.015, 3)
+    return Scene(n=n, albedo=colour * lum[..., None])
+
+
+def _tile(rng: np.random.Generator, n: int) -> Scene:
+    y, x = grid(n)
+    k = 3.0
+    u, v = x * k + rng.uniform(0, 1), y * k + rng.uniform(0, 1)
+    fu, fv = u - np.floor(u), v - np.floor(v)
+    g = 0.035
+    edge = np.minimum(np.minimum(fu, 1 - fu), np.minimum(fv, 1 - fv))
+    grout = edge < g
+    bevel = np.clip((edge - g) / 0.03, 0, 1)
+    # bevel: highlight on the upper-left edges, shadow on the lower-right ones
+    ramp = np.where((fu < g + 0.03) | (fv < g + 0.03), 0.08, 0.0) - np.where((fu > 1 - g - 0.03) | (fv > 1 - g - 0.03), 0.08, 0.0)
+    tile_id = (np.floor(u) * 7 + np.floor(v) * 13).astype(int) % 16
+    tint = rng.normal(0, 0.02, 16)[tile_id]
+    chips = (fractal(rng, n, (n // 6, n // 6), octaves=2) > 1.1).astype(float)
+    base = np.array([0.80, 0.78, 0.72]) + rng.normal(0, 0.01, 3)
+    body = base * (1 + tint[..., None]) - 0.18 * chips[..., None] * np.array([1.0, 1.1, 1.3])
+    body = body + (ramp * (1 - bevel * 0.5))[..., None] * (1 - grout[..., None]) + 0.02 * noise(rng, n, n // 8)[..., None]
+    grout_col = np.array([0.42, 0.41, 0.40]) * (1 + 0.08 * noise(rng, n, n // 6))[..., None]
+    return Scene(n=n, albedo=np.where(grout[..., None], grout_col, body))
+
+
+def _background(rng: np.random.Generator, n: int, level: float, colour: Sequence[float]) -> np.ndarray:
+    y, x = grid(n)
+    vign = 1 - 0.25 * ((x - 0.5) ** 2 + (y - 0.5) ** 2)
+    lum = level * vign + 0.012 * noise(rng, n, n // 4) + 0.02 * noise(rng, n, 3)
+    return lum[..., None] * np.asarray(colour)
+
+
+def _stadium_sdf(px: np.ndarray, py: np.ndarray, half: float, r: float) -> np.ndarray:
+    """Signed distance to a stadium (capsule outline) centred at the origin along x."""
+    ax = np.clip(px, -half, half)
+    return np.sqrt((px - ax) ** 2 + py**2) - r
+
+
+def _capsule(rng: np.random.Generator, n: int) -> Scene:
+    y, x = grid(n)
+    cx, cy = 0.5 + rng.normal(0, 0.01), 0.5 + rng.normal(0, 0.01)
+    ang = rng.normal(0, 0.03)
+    c, s = np.cos(ang), np.sin(ang)
+    px, py = (x - cx) * c + (y - cy) * s, -(x - cx) * s + (y - cy) * c
+    half, r = 0.27, 0.13
+    sdf = _stadium_sdf(px, py, half, r)
+    d = sdf + r
+    obj = sdf < 0
+    h = np.sqrt(np.clip(1 - (d / r) ** 2, 0, 1))  # cylinder / hemisphere height
+    left = px < rng.normal(0.0, 0.003)
+    col = np.where(left[..., None], np.array([0.85, 0.35, 0.12]), np.array([0.93, 0.92, 0.88]))
+    bg = _background(rng, n, 0.30, (1.0, 1.0, 1.02))
+    shadow = np.clip(1 - 0.5 * np.exp(-np.clip(_stadium_sdf(px - 0.01, py - 0.015, half, r), 0, None) / 0.02), 0, 1)
+    sc = Scene(n=n, albedo=np.where(obj[..., None], col, bg * shadow[..., None]), object_mask=obj.astype(np.float32))
+    sc.height = np.where(obj, h * 0.05, 0.0)
+    sc.specular = 0.5
+    return sc
+
+
+def _nut(rng: np.random.Generator, n: int) -> Scene:
+    y, x = grid(n)
+    cx, cy = 0.5 + rng.normal(0, 0.012), 0.5 + rng.normal(0, 0.012)
+    ang = rng.uniform(0, np.pi / 3)
+    px, py = x - cx, y - cy
+    c, s = np.cos(ang), np.sin(ang)
+    qx, qy = px * c + py * s, -px * s + py * c
+    outer = hexagon_sdf(qx, qy, 0.33)
+    rr = np.sqrt(px**2 + py**2)
+    hole = rr - 0.15
+    obj = (outer < 0) & (hole > 0)
+    chamfer = np.clip(-outer / 0.05, 0, 1)
+    bore = np.clip(hole / 0.05, 0, 1)
+    theta = np.arctan2(py, px)
+    turned = 0.04 * np.sin(rr * 260 + 0.3 * noise(rng, n, 4)) + 0.03 * noise(rng, n, (n // 3, n // 3))
+    lum = 0.52 + 0.1 * np.cos(theta - 2.3) * (1 - chamfer) + turned
+    metal = lum[..., None] * np.array([0.92, 0.93, 0.96])
+    thread = (0.12 + 0.06 * np.sin(rr * 420))[..., None] * np.ones(3)
+    bg = _background(rng, n, 0.16, (1.0, 1.0, 1.0))
+    inside_bore = (rr < 0.15) & (outer < 0)
+    img = np.where(obj[..., None], metal, np.where(inside_bore[..., None], thread, bg))
+    sc = Scene(n=n, albedo=img, object_mask=obj.astype(np.float32))
+    sc.height = np.where(obj, 0.02 * np.minimum(chamfer, bore), 0.0)
+    sc.specular = 0.6
+    return sc
+
+
+def _bottle(rng: np.random.Generator, n: int) -> Scene:
+    y, x = grid(n)
+    cx, cy = 0.5 + rng.normal(0, 0.008), 0.5 + rng.normal(0, 0.008)
+    px, py = x - cx, y - cy
+    rr = np.sqrt(px**2 + py**2)
+    obj = rr < 0.43
+    glass = np.array([0.32, 0.20, 0.10])
+    # radial profile: dark outer glass, bright rim ring, dark opening with a soft glow at the centre
+    ring = np.exp(-((rr - 0.30) / 0.025) ** 2)
+    outer = np.exp(-((rr - 0.40) / 0.02) ** 2) * 0.5
+    glow = np.exp(-(rr / 0.09) ** 2)
+    lum = 0.25 + 0.75 * ring + outer + 0.6 * glow * (rr < 0.26) + 0.04 * noise(rng, n, 6)
+    ang_light = 0.15 * np.cos(np.arctan2(py, px) - rng.uniform(0, 2 * np.pi))
+    body = glass * 1.8 * (lum + ang_light * ring)[..., None]
+    bg = _background(rng, n, 0.08, (1.0, 1.0, 1.0))
+    sc = Scene(n=n, albedo=np.where(obj[..., None], body, bg), object_mask=obj.astype(np.float32))
+    sc.where = (rr > 0.05) & (rr < 0.40)
+    return sc
+
+
+def _surface3d(rng: np.random.Generator, n: int) -> Scene:
+    y, x = grid(n)
+    k = 6.0
+    v = y * k + rng.uniform(0, 1)
+    row = np.floor(v)
+    u = x * k + 0.5 * (row % 2) + rng.uniform(0, 1)
+    d = np.sqrt((u - np.floor(u) - 0.5) ** 2 + (v - row - 0.5) ** 2)
+    stud = np.sqrt(np.clip(1 - (d / 0.32) ** 2, 0, 1))
+    height = 0.5 * stud + 0.15 * fractal(rng, n, 3, octaves=2) + 0.01 * noise(rng, n, n // 4)
+    albedo = (0.36 + 0.03 * noise(rng, n, n // 8))[..., None] * (np.array([0.55, 0.72, 0.60]) + rng.normal(0, 0.01, 3))
+    sc = Scene(n=n, albedo=albedo)
+    sc.height = height * 0.06  # in units of the image width: studs ~ 3 % of the width tall
+    sc.specular = 0.25
+    sc.depth_output = True
+    return sc
+
+
+_RENDER = {"fabric": _fabric, "metal": _metal, "wood": _wood, "carpet": _carpet, "tile": _tile,
+           "capsule": _capsule, "nut": _nut, "bottle": _bottle, "surface3d": _surface3d}
+
+
+# ---------------------------------------------------------------------------------------------
+# One sample
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class ToySample:
+    """One rendered sample as numpy arrays (HWC image in [0,1], HW masks)."""
+
+    image: np.ndarray
+    mask: np.ndarray
+    label: str
+    text: str
+    object_mask: np.ndarray | None = None
+    depth: np.ndarray | None = None
+    meta: dict = field(default_factory=dict)
+
+
+def render_sample(category: str, split: str = "train", index: int = 0, seed: int = 0, size: int = 256,
+                  label: str | None = None) -> ToySample:
+    """Render one sample as arrays; ``label`` overrides the default label of ``index``."""
+    _check_category(category)
+    if split not in _SPLITS:
+        raise DataError(f"unknown split {split!r}; use 'train' or 'test'")
+    if not isinstance(size, int) or size < 16:
+        raise DataError(f"size must be an int >= 16, got {size!r}")
+    if index < 0:
+        raise DataError(f"index must be non-negative, got {index}")
+    info = CATEGORIES[category]
+    label = label_for(category, split, index) if label is None else label
+    if label != GOOD and label not in info["defects"]:
+        raise DataError(f"toy category {category!r} has no defect {label!r}; it has {', '.join(info['defects'])}")
+    rng = _rng(category, split, index, seed)
+    if category == "tray":
+        from anoplug.data.toy_tray import render_tray
+
+        scene, phrase = render_tray(rng, size, label)
+    else:
+        scene = _RENDER[category](rng, size)
+        phrase = "" if label == GOOD else D.apply_defect(label, rng, scene, category)
+    image, depth = scene.finish()
+    mask = (scene.mask > 0.5).astype(np.float32)
+    text = _GOOD_CAPTION[category] if label == GOOD else f"{phrase} {D.preposition(label)} {info['material']}"
+    return ToySample(image=image, mask=mask, label=label, text=text,
+                     object_mask=scene.object_mask if info["kind"] in ("object", "logical") else None,
+                     depth=depth if scene.depth_output else None,
+                     meta={"source": f"toy:{category}/{split}/{index}", "category": category, "split": split,
+                           "index": index, "seed": seed})
+
+
+_GOOD_CAPTION = {
+    "fabric": "a normal woven fabric", "metal": "a normal brushed metal surface", "wood": "a normal wood grain surface",
+    "carpet": "a normal tufted carpet", "tile": "normal ceramic tiles with grout",
+    "capsule": "a normal capsule on a grey background", "nut": "a normal hex nut on a dark background",
+    "bottle": "a normal bottle top seen from above", "surface3d": "a normal studded rubber mat",
+    "tray": "a normal parts tray with every component in its place",
+}
+
+
+def _to_batch(samples: Sequence[ToySample]) -> Batch:
+    def stack(arrs: list[np.ndarray]) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(np.stack(arrs))).float()
+
+    img = stack([s.image for s in samples]).permute(0, 3, 1, 2).contiguous()
+    img = (img * 255).round_() / 255  # exactly representable as uint8, so PNG round trips are lossless
+    kw = {}
+    if samples[0].object_mask is not None:
+        kw["object_mask"] = stack([s.object_mask for s in samples])[:, None]
+    if samples[0].depth is not None:
+        kw["depth"] = stack([s.depth for s in samples])[:, None]
+    return Batch(image=img, mask=stack([s.mask for s in samples])[:, None], label=[s.label for s in samples],
+                 meta=[s.meta for s in samples], text=[s.text for s in samples], **kw)
+
+
+def render(category: str, split: str = "train", index: int = 0, seed: int = 0, size: int = 256,
+           label: str | None = None) -> Batch:
+    """Render one sample as a :class:`Batch` of one (deterministic in all arguments)."""
+    return _to_batch([render_sample(category, split, index, seed, size, label)])
+
+
+# ---------------------------------------------------------------------------------------------
+# The dataset
+# ---------------------------------------------------------------------------------------------
+
+class ToyDataset(Dataset):
+    """``ToyDataset("metal", split="test")``: the embedded dataset of one category.
+
+    ``length`` defaults to :data:`DEFAULT_LENGTH`; ``defects`` restricts the test split to
+    some defect types (in the given order). Samples are rendered on demand, never stored.
+    """
+
+    scheme = "toy"
+
+    def __init__(self, category: str, split: str = "train", size: int = 256, seed: int = 0,
+                 length: int | None = None, defects: Sequence[str] | None = None) -> None:
+        _check_category(category)
+        if split not in _SPLITS:
+            raise DataError(f"unknown split {split!r} for toy:{category}; use 'train' or 'test'")
+        if not isinstance(size, int) or size < 16:
+            raise DataError(f"size must be an int >= 16, got {size!r}")
+        if length is not None and length < 1:
+            raise DataError(f"length must be >= 1, got {length}")
+        known = CATEGORIES[category]["defects"]
+        if defects is not None:
+            bad = [d for d in defects if d not in known]
+            if bad or not defects:
+                raise DataError(f"toy:{category} has defects {', '.join(known)}; got {list(defects)}")
+        self.category, self.split, self.size, self.seed = category, split, size, int(seed)
+        self.kind = CATEGORIES[category]["kind"]
+        self.defects = tuple(defects) if defects is not None else known
+        self.length = DEFAULT_LENGTH[split] if length is None else int(length)
+
+    @classmethod
+    def open(cls, rest: str, *, split: str = "train", size: int = 256, **kw) -> ToyDataset:
+        return cls(rest.strip("/"), split=split, size=size, **kw)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def label(self, index: int) -> str:
+        """The label sample ``index`` will have (without rendering it)."""
+        return label_for(self.category, self.split, index, self.defects)
+
+    def batch(self, indices: Sequence[int]) -> Batch:
+        idx = [int(i) for i in indices]
+        if not idx:
+            raise DataError("batch() needs at least one index")
+        for i in idx:
+            if not 0 <= i < len(self):
+                raise IndexError(f"index {i} out of range for toy:{self.category} {self.split} ({len(self)} samples)")
+        return _to_batch([render_sample(self.category, self.split, i, self.seed, self.size, self.label(i)) for i in idx])
+
+    def __repr__(self) -> str:
+        return f"ToyDataset({self.category!r}, split={self.split!r}, size={self.size}, seed={self.seed}, length={self.length})"
