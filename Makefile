@@ -26,6 +26,7 @@ $(STAMP): $(PY) pyproject.toml $(wildcard plugins/*/pyproject.toml) Makefile
 	$(PIP) install -q -e '.[dev,widgets,diffusion,backbones]' $(foreach p,$(PLUGINS),-e ./$(p)) $(TORCH_PINS)
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	$(PY) tools/setup_assets.py
+	bash tools/install_browser.sh
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -35,12 +36,14 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q
+	ANOPLUG_SMOKE=1 $(PY) -m pytest -q --nbval-lax --nbval-current-env --nbval-cell-timeout=120 \
+		--nbval-sanitize-with notebooks/nbval_sanitize.cfg notebooks/
 
 lint: setup
 	$(VENV)/bin/ruff check .
 
 lab: setup
-	$(VENV)/bin/jupyter lab notebooks/
+	$(VENV)/bin/jupyter lab --ServerApp.root_dir=notebooks
 
 bench: setup
 	$(PY) benchmarks/run_all.py

@@ -1,0 +1,496 @@
+"""Parameter explorers for notebooks: move a slider, see what it does to a defect and its mask.
+
+``explore("cutpaste", images)`` builds an ipywidgets UI from any generator's ``Params``
+(slider for a bounded number, dropdown for choices, checkbox for a bool, text otherwise,
+plus a seed box). Fast methods update live (``continuous_update=False`` and a short
+debounce); slow ones (learned, diffusion, feature-level) get a Generate button. Results
+are cached by (params, seed), so stepping back to a setting is instant.
+
+Two facts about ipywidgets shape the error handling: an exception inside a widget
+callback never fails nbval or papermill, and ``interact_manual`` never runs on
+construction. So every explorer computes once when built, keeps the last result and error
+on the object (``explorer.result`` / ``explorer.error``) for a plain cell to assert on, shows
+errors in the UI, and re-raises them when ``ANOPLUG_STRICT=1``.
+
+A plugin can supply its own explorer through the ``anoplug_make_explorer`` hook (first
+non-``None`` answer wins).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import html
+import io
+import json
+import os
+import time
+import types
+import typing
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import ipywidgets as W
+import numpy as np
+import torch
+
+from anoplug.params import ParamError, Params, _coerce, describe_field
+from anoplug.types import Batch
+
+__all__ = ["explore", "compare", "Explorer", "Comparison", "controls_for", "as_batch", "debounce", "LRUCache"]
+
+STRICT_ENV = "ANOPLUG_STRICT"
+#: Categories whose methods take seconds per call: they get a Generate button, not live updates.
+SLOW_CATEGORIES = ("diffusion-text", "diffusion-image", "multimodal-text-image", "multimodal-image-depth", "gan")
+
+
+def strict() -> bool:
+    """``ANOPLUG_STRICT=1``: callback errors are re-raised, not only shown (for CI and debugging)."""
+    return os.environ.get(STRICT_ENV, "") not in ("", "0", "false", "False")
+
+
+# -- small building blocks ----------------------------------------------------------------
+class LRUCache:
+    """A tiny least-recently-used cache (results keyed by (params, seed))."""
+
+    def __init__(self, maxsize: int = 32) -> None:
+        self.maxsize = maxsize
+        self._d: OrderedDict[Any, Any] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: Any) -> Any:
+        if key in self._d:
+            self._d.move_to_end(key)
+            self.hits += 1
+            return self._d[key]
+        self.misses += 1
+        return None
+
+    def put(self, key: Any, value: Any) -> None:
+        self._d[key] = value
+        self._d.move_to_end(key)
+        while len(self._d) > self.maxsize:
+            self._d.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+    def __contains__(self, key: Any) -> bool:
+        return key in self._d
+
+
+def debounce(wait: float) -> Callable[[Callable[[], Any]], Callable[[], None]]:
+    """Collapse a burst of calls into one, ``wait`` seconds after the last (the ipywidgets recipe).
+
+    Inside a running kernel the call is scheduled on its asyncio loop; with no running loop
+    (plain Python, unit tests) or ``wait <= 0`` it runs at once, so behaviour stays testable.
+    """
+
+    def decorate(fn: Callable[[], Any]) -> Callable[[], None]:
+        handle: list[asyncio.TimerHandle | None] = [None]
+
+        def call() -> None:
+            if handle[0] is not None:
+                handle[0].cancel()
+                handle[0] = None
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                loop = None
+            if wait <= 0 or loop is None:
+                fn()
+            else:
+                handle[0] = loop.call_later(wait, fn)
+
+        call.pending = lambda: handle[0] is not None and not handle[0].cancelled()  # type: ignore[attr-defined]
+        return call
+
+    return decorate
+
+
+def _nice_step(lo: float, hi: float) -> float:
+    """A round step giving roughly 100 positions between ``lo`` and ``hi``."""
+    span = float(hi) - float(lo)
+    if span <= 0:
+        return 0.01
+    raw = span / 100
+    mag = 10 ** np.floor(np.log10(raw))
+    for m in (1, 2, 5, 10):
+        if raw <= m * mag:
+            return float(m * mag)
+    return float(raw)
+
+
+def _base_type(ann: Any) -> Any:
+    """``Optional[X]`` -> ``X``; anything else unchanged."""
+    args = [a for a in typing.get_args(ann) if a is not type(None)]
+    if typing.get_origin(ann) in (typing.Union, types.UnionType) and len(args) == 1:
+        return args[0]
+    return ann
+
+
+def controls_for(params_cls: type[Params], fixed: dict | None = None, *, live: bool = True) -> dict[str, W.Widget]:
+    """One widget per parameter of ``params_cls`` not in ``fixed`` (its default is the widget's value)."""
+    fixed = fixed or {}
+    out: dict[str, W.Widget] = {}
+    for name, field in params_cls.model_fields.items():
+        if name in fixed:
+            continue
+        info = describe_field(params_cls, name)
+        ann = _base_type(field.annotation)
+        default = field.default
+        common = {"description": name, "style": {"description_width": "initial"},
+                  "layout": W.Layout(width="340px"), "tooltip": info["description"]}
+        if ann is bool:
+            w: W.Widget = W.Checkbox(value=bool(default), indent=False, **common)
+        elif "choices" in info:
+            w = W.Dropdown(options=info["choices"], value=default, **common)
+        elif ann in (int, float) and "min" in info and "max" in info and default is not None:
+            lo, hi = info["min"], info["max"]
+            if ann is int:
+                lo = lo + 1 if info.get("min_exclusive") else lo
+                hi = hi - 1 if info.get("max_exclusive") else hi
+                w = W.IntSlider(value=int(default), min=int(lo), max=int(hi), step=1, continuous_update=False, **common)
+            else:
+                step = _nice_step(lo, hi)
+                lo = lo + step if info.get("min_exclusive") else lo
+                hi = hi - step if info.get("max_exclusive") else hi
+                w = W.FloatSlider(value=float(default), min=float(lo), max=float(hi), step=step,
+                                  readout_format=".3g", continuous_update=False, **common)
+        elif ann is int and default is not None:
+            w = W.IntText(value=int(default), **common)
+        elif ann is float and default is not None:
+            w = W.FloatText(value=float(default), **common)
+        else:  # str, tuples, optional values: edited as text, converted by the field's annotation
+            text = "" if default is None else (", ".join(str(v) for v in default) if isinstance(default, (tuple, list))
+                                               else str(default))
+            w = W.Text(value=text, continuous_update=False, **common)
+        w.anoplug_field = name  # type: ignore[attr-defined]
+        out[name] = w
+    return out
+
+
+def _read_control(params_cls: type[Params], name: str, widget: W.Widget) -> Any:
+    value = widget.value
+    if isinstance(widget, W.Text):
+        ann = _base_type(params_cls.model_fields[name].annotation)
+        if value.strip() == "" and params_cls.model_fields[name].default is None:
+            return None
+        return _coerce(value, ann)
+    return value
+
+
+# -- inputs ---------------------------------------------------------------------------------
+def default_images(n: int = 4, size: int = 128) -> Batch:
+    """The embedded toy dataset (fabric, train split): no download, always available."""
+    try:
+        from anoplug.data import open_dataset
+
+        ds = open_dataset("toy:fabric", split="train", size=size)
+        return ds.batch(list(range(min(n, len(ds)))))
+    except Exception:  # toy dataset not installed in this build: the kit's synthetic textures
+        from anoplug.testing import make_toy_batch
+
+        return make_toy_batch(n, size)
+
+
+def as_batch(images: Any, n: int = 4, size: int = 128) -> Batch:
+    """Accept what a notebook user has at hand: a Batch, a dataset or ``"toy:fabric"``, paths, arrays, PIL, tensors."""
+    if images is None:
+        return default_images(n, size)
+    if isinstance(images, Batch):
+        return images
+    if isinstance(images, str) and ":" in images and not Path(images).exists():
+        from anoplug.data import open_dataset
+
+        ds = open_dataset(images, split="train", size=size)
+        return ds.batch(list(range(min(n, len(ds)))))
+    if hasattr(images, "batch") and hasattr(images, "__len__"):  # an anoplug Dataset
+        return images.batch(list(range(min(n, len(images)))))
+    if isinstance(images, torch.Tensor):
+        img = images[None] if images.ndim == 3 else images
+        return Batch(image=img.float())
+    if isinstance(images, np.ndarray):
+        return Batch.from_numpy(images)
+    if isinstance(images, (str, Path)):
+        return Batch.from_paths([images])
+    if isinstance(images, Sequence) and images:
+        first = images[0]
+        if isinstance(first, (str, Path)):
+            return Batch.from_paths(list(images))
+        if isinstance(first, np.ndarray):
+            return Batch.from_numpy(list(images))
+        if hasattr(first, "convert"):  # PIL images
+            return Batch.from_pil(list(images))
+    raise TypeError(f"images: cannot make a Batch from {type(images).__name__}; pass a Batch, a dataset, "
+                    "'toy:CATEGORY', image paths, uint8 arrays, PIL images or a [B,3,H,W] tensor")
+
+
+def _png(array: np.ndarray) -> bytes:
+    """PNG bytes of an HWC uint8 array."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(array, dtype=np.uint8)).save(buf, format="png")
+    return buf.getvalue()
+
+
+def render_result(source: Batch, out: Batch) -> bytes:
+    """One row per sample: input | generated | mask | overlay (PNG bytes), labelled by anomaly type."""
+    from anoplug import viz
+
+    rows = viz.triplets(source, out, with_overlay=True)
+    return _png(viz.grid(rows, row_labels=list(out.label), col_labels=["input", "generated", "mask", "overlay"]))
+
+
+# -- the explorer ---------------------------------------------------------------------------
+def _is_slow(cls: type, spec: Any = None) -> bool:
+    req = getattr(cls, "requires", None)
+    return bool((spec is not None and getattr(spec, "needs_fit", False)) or (req is not None and (req.fit or req.weights))
+                or getattr(cls, "category", "") in SLOW_CATEGORIES or getattr(cls, "level", "image") == "feature")
+
+
+class Explorer(W.VBox):
+    """The automatic explorer: controls, seed box, optional Generate button, status line, output grid.
+
+    ``result`` holds the last generated :class:`Batch`, ``error`` the last callback error,
+    ``calls`` counts generations actually computed (cache hits excluded). ``update()``
+    regenerates now, bypassing the debounce.
+    """
+
+    def __init__(self, generator: Any, images: Any = None, *, fixed: dict | None = None, conditions: dict | None = None,
+                 seed: int = 0, n: int = 4, size: int = 128, manual: bool | None = None, debounce_s: float = 0.15,
+                 cache_size: int = 32, height: int = 420, spec: Any = None) -> None:
+        if isinstance(generator, type):
+            self.generator_cls, self._instance = generator, None
+        else:
+            self.generator_cls, self._instance = type(generator), generator
+        cls = self.generator_cls
+        self.params_cls: type[Params] = cls.Params
+        self.fixed = dict(fixed or {})
+        unknown = [k for k in self.fixed if k not in self.params_cls.model_fields]
+        if unknown:
+            raise ParamError(f"unknown parameter {unknown[0]!r} for {cls.name}; known: {', '.join(self.params_cls.model_fields)}")
+        self.conditions = dict(conditions or {})
+        self.images = as_batch(images, n=n, size=size)
+        self.manual = _is_slow(cls, spec) if manual is None else bool(manual)
+        self.cache = LRUCache(cache_size)
+        self.result: Batch | None = None
+        self.error: BaseException | None = None
+        self.calls = 0
+        self.png: bytes = b""
+
+        self.controls = controls_for(self.params_cls, self.fixed)
+        if self._instance is not None:  # start from the instance's current values
+            for k, w in self.controls.items():
+                v = getattr(self._instance.params, k)
+                w.value = (", ".join(map(str, v)) if isinstance(v, (tuple, list)) else ("" if v is None else str(v))) \
+                    if isinstance(w, W.Text) else v
+        self.seed = W.IntText(value=int(seed), description="seed", layout=W.Layout(width="200px"))
+        self.button = W.Button(description="Generate", button_style="primary", icon="play") if self.manual else None
+        self.status = W.HTML(value="")
+        self.image = W.Image(format="png", layout=W.Layout(height=f"{height}px", object_fit="contain"))
+        box = W.Box([self.image], layout=W.Layout(height=f"{height + 8}px", overflow="hidden"))
+        title = W.HTML(f"<b>{html.escape(cls.title or cls.name)}</b> <code>{html.escape(cls.name)}</code> "
+                       f"· {html.escape(getattr(cls, 'category', ''))}" + (" · press Generate" if self.manual else ""))
+        ctrl = W.GridBox(list(self.controls.values()) + [self.seed],
+                         layout=W.Layout(grid_template_columns="repeat(2, 350px)", grid_gap="2px 8px"))
+        footer = [self.button, self.status] if self.button is not None else [self.status]
+        super().__init__([title, ctrl, W.HBox(footer), box])
+        self.add_class("anoplug-explorer")
+
+        self._schedule = debounce(0 if self.manual else debounce_s)(self._safe_update)
+        if self.button is not None:
+            self.button.on_click(lambda _b: self._safe_update())
+        else:
+            for w in [*self.controls.values(), self.seed]:
+                w.observe(lambda _c: self._schedule(), names="value")
+        self._safe_update()  # compute once on construction (interact_manual would not)
+
+    # -- values ---------------------------------------------------------------------
+    def values(self) -> dict[str, Any]:
+        """The current parameter values (controls + fixed), unvalidated."""
+        vals = {k: _read_control(self.params_cls, k, w) for k, w in self.controls.items()}
+        vals.update(self.fixed)
+        return vals
+
+    def make_generator(self, values: dict[str, Any]) -> Any:
+        """A generator with ``values``: a fresh one from the class, or a shallow copy of a given (fitted) instance."""
+        params = self.params_cls.parse(**values)
+        if self._instance is None:
+            return self.generator_cls(params)
+        g = copy.copy(self._instance)
+        g.params = params
+        return g
+
+    def _key(self, values: dict[str, Any]) -> tuple:
+        return (json.dumps(values, sort_keys=True, default=str), int(self.seed.value))
+
+    # -- generation -----------------------------------------------------------------
+    def generate(self, values: dict[str, Any], seed: int) -> Batch:
+        """Generate for the explorer's images (override for custom visualisations)."""
+        gen = self.make_generator(values)
+        if getattr(gen, "level", "image") == "feature":
+            return _feature_preview(gen, self.images, seed)
+        return gen.generate(self.images, seed=seed, **self.conditions)
+
+    def update(self) -> Batch:
+        """Regenerate (or fetch from the cache) with the current values and redraw; raises on error."""
+        values = self.values()
+        key = self._key(values)
+        hit = self.cache.get(key)
+        t0 = time.perf_counter()
+        if hit is None:
+            self.status.value = "<i>generating…</i>"
+            out = self.generate(values, int(self.seed.value))
+            png = render_result(self.images, out)
+            self.calls += 1
+            self.cache.put(key, (out, png))
+            note = f"generated in {time.perf_counter() - t0:.2f} s"
+        else:
+            out, png = hit
+            note = "from cache"
+        self.result, self.png, self.error = out, png, None
+        self.image.value = png
+        n_anom = sum(lbl != "good" for lbl in out.label)
+        self.status.value = f"<span style='color:#2a6'>{note} · {n_anom}/{len(out)} anomalous</span>"
+        return out
+
+    def _safe_update(self) -> None:
+        try:
+            self.update()
+        except Exception as e:  # shown in the UI; re-raised in strict mode
+            self.error = e
+            self.status.value = (f"<span style='color:#c00'><b>{html.escape(type(e).__name__)}</b>: "
+                                 f"{html.escape(str(e))}</span>")
+            if strict():
+                raise
+
+    def set(self, **values: Any) -> Explorer:
+        """Set several controls at once and regenerate once (handy in scripts and tests)."""
+        for k, v in values.items():
+            if k == "seed":
+                self.seed.value = v
+                continue
+            if k not in self.controls:
+                raise ParamError(f"unknown or fixed parameter {k!r}; controls: {', '.join(self.controls)}")
+            with self.controls[k].hold_trait_notifications():
+                self.controls[k].value = v
+        self._safe_update()
+        return self
+
+
+def _feature_preview(gen: Any, images: Batch, seed: int) -> Batch:
+    """Show a feature-level method on pixel-like features: the images pooled 4×, perturbed, upsampled.
+
+    There is no anomalous *image* for these methods; the preview shows where and how strongly
+    the features moved (the mask and |Δ|), which is what their parameters control.
+    """
+    import torch.nn.functional as F
+
+    feats = F.avg_pool2d(images.image, 4)
+    new, mask = gen.generate_features(feats, seed=seed)
+    size = images.size
+    delta = (new - feats).abs().mean(1, keepdim=True)
+    delta = delta / delta.flatten(1).amax(1).clamp_min(1e-8)[:, None, None, None]
+    img = F.interpolate(delta.expand(-1, 3, -1, -1), size=size, mode="nearest").clamp(0, 1)
+    if mask is None:
+        m = (delta > 0.5).float()
+    else:
+        m = mask.float()
+    m = F.interpolate(m, size=size, mode="nearest")
+    labels = ["feature-noise" if bool(m[i].any()) else "good" for i in range(len(images))]
+    return Batch(image=img.contiguous(), mask=m.contiguous(), label=labels,
+                 meta=[{"method": gen.name, "seed": seed, "preview": "feature |delta| (normalised)"} for _ in labels])
+
+
+def explore(name: Any, images: Any = None, *, seed: int = 0, n: int = 4, size: int = 128, manual: bool | None = None,
+            conditions: dict | None = None, debounce_s: float = 0.15, **fixed: Any) -> Any:
+    """An interactive explorer for generator ``name`` (a registered name, a class, or a fitted instance).
+
+    ``fixed`` parameters get no control; ``conditions`` are passed to ``generate``. A plugin's
+    ``anoplug_make_explorer`` hook may return its own explorer instead.
+    """
+    from anoplug.registry import get_registry
+
+    reg = get_registry()
+    spec = None
+    if isinstance(name, str):
+        spec = reg.spec("generators", name)
+        custom = reg.hook.anoplug_make_explorer(spec=spec, images=images, fixed=fixed)
+        if custom is not None:
+            return custom
+        target: Any = reg.generator_class(name)
+        if target.requires.fit:
+            raise ValueError(f"{name!r} is a learned method: fit or load it first and pass the instance, "
+                             f"e.g. explore(gen, images) with gen = anoplug.get_generator({name!r}); gen.fit(...)")
+    else:
+        target = name
+    return Explorer(target, images, fixed=fixed, conditions=conditions, seed=seed, n=n, size=size, manual=manual,
+                    debounce_s=debounce_s, spec=spec)
+
+
+# -- side-by-side comparison -----------------------------------------------------------------
+class Comparison(W.VBox):
+    """One grid, one row per method, on the same images and seed; a seed box regenerates all rows."""
+
+    def __init__(self, methods: Sequence[Any], images: Any = None, *, seed: int = 0, n: int = 3, size: int = 128,
+                 height: int = 420) -> None:
+        from anoplug.registry import get_registry
+
+        if not methods:
+            raise ValueError("compare: give at least one method")
+        self.images = as_batch(images, n=n, size=size)
+        reg = get_registry()
+        self.generators: dict[str, Any] = {}
+        for m in methods:
+            if isinstance(m, str):
+                g = reg.get_generator(m)
+            elif isinstance(m, tuple) and len(m) == 2 and isinstance(m[0], str):
+                g = reg.get_generator(m[0], **dict(m[1]))
+            else:
+                g = m
+            label = g.name if g.name not in self.generators else f"{g.name}#{len(self.generators)}"
+            self.generators[label] = g
+        self.results: dict[str, Batch] = {}
+        self.error: BaseException | None = None
+        self.png = b""
+        self.seed = W.IntText(value=int(seed), description="seed", layout=W.Layout(width="200px"))
+        self.status = W.HTML("")
+        self.image = W.Image(format="png", layout=W.Layout(height=f"{height}px", object_fit="contain"))
+        super().__init__([W.HBox([self.seed, self.status]), self.image])
+        self.add_class("anoplug-compare")
+        self.seed.observe(lambda _c: self._safe_update(), names="value")
+        self._safe_update()
+
+    def update(self) -> dict[str, Batch]:
+        from anoplug import viz
+
+        t0 = time.perf_counter()
+        seed = int(self.seed.value)
+        results = {k: g.generate(self.images, seed=seed) for k, g in self.generators.items()}
+        cols = [c for i in range(len(self.images)) for c in (f"generated {i}", f"overlay {i}")]
+        rows = [[t for tri in viz.triplets(self.images, out, with_overlay=True) for t in (tri[1], tri[3])]
+                for out in results.values()]
+        self.png = _png(viz.grid(rows, row_labels=list(results), col_labels=cols))
+        self.image.value = self.png
+        self.results, self.error = results, None
+        self.status.value = f"{len(results)} methods in {time.perf_counter() - t0:.2f} s"
+        return results
+
+    def _safe_update(self) -> None:
+        try:
+            self.update()
+        except Exception as e:
+            self.error = e
+            self.status.value = f"<span style='color:#c00'><b>{html.escape(type(e).__name__)}</b>: {html.escape(str(e))}</span>"
+            if strict():
+                raise
+
+
+def compare(names: Sequence[Any], images: Any = None, *, seed: int = 0, n: int = 3, size: int = 128) -> Comparison:
+    """One grid, one row per method (names, ``(name, params)`` pairs or generator instances)."""
+    return Comparison(names, images, seed=seed, n=n, size=size)
