@@ -8,7 +8,7 @@ users never hand-convert.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +113,7 @@ class Batch:
         if b and not x.is_meta:
             lo, hi = float(x.min()), float(x.max())
             _check(lo >= 0.0 and hi <= 1.0, f"image values must be in [0,1], got [{lo:.4g}, {hi:.4g}]")
+            _check(lo == lo and hi == hi, "image contains NaN")
         for name in ("mask", "object_mask", "depth"):
             t = getattr(self, name)
             if t is None:
@@ -121,7 +122,7 @@ class Batch:
             _check(tuple(t.shape) == (b, 1, h, w), f"{name} must be [{b},1,{h},{w}], got {tuple(t.shape)}")
             _check(t.dtype == torch.float32, f"{name} must be float32, got {t.dtype}")
             if name != "depth" and b:
-                _check(bool(((t == 0) | (t == 1)).all()), f"{name} must be binary {{0,1}}")
+                _check(bool(torch.logical_or(t == 0, t == 1).all()), f"{name} must be binary {{0,1}}")
         _check(len(self.label) == b, f"label has {len(self.label)} entries for {b} images")
         _check(len(self.meta) == b, f"meta has {len(self.meta)} entries for {b} images")
         if self.text is not None:
@@ -167,13 +168,23 @@ class Batch:
             **kw,
         )
 
+    def _replace_trusted(self, **changes: Any) -> Batch:
+        """Copy with some fields replaced, skipping validation (inputs already valid)."""
+        new = object.__new__(Batch)
+        new.__dict__.update(self.__dict__)
+        new.__dict__.update(changes)
+        return new
+
     def to(self, device: str | torch.device) -> Batch:
-        return replace(self, **self._map_tensors(lambda t: t.to(device)))
+        if self.image.device == torch.device(device):
+            return self
+        return self._replace_trusted(**self._map_tensors(lambda t: t.to(device)))
 
     def clone(self) -> Batch:
+        """A deep copy (tensors, labels, meta), cheap: the source is already valid."""
         kw = self._map_tensors(lambda t: t.clone())
-        return replace(self, label=list(self.label), meta=[dict(m) for m in self.meta],
-                       text=None if self.text is None else list(self.text), **kw)
+        return self._replace_trusted(label=list(self.label), meta=[dict(m) for m in self.meta],
+                                     text=None if self.text is None else list(self.text), **kw)
 
     @staticmethod
     def cat(batches: Sequence[Batch]) -> Batch:

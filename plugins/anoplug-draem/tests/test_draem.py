@@ -90,13 +90,27 @@ def test_equalize_matches_pil() -> None:
         assert np.abs(ref - y[i].permute(1, 2, 0).numpy()).max() < 1e-6
 
 
-def test_autocontrast_matches_pil_without_cutoff() -> None:
+@pytest.mark.parametrize("cutoff", [0, 3, 20])
+def test_autocontrast_matches_pil(cutoff: int) -> None:
     import numpy as np
     from PIL import Image, ImageOps
 
     x = make_toy_batch(1, 32).image * 0.5 + 0.2
     x = (x * 255).round() / 255
-    y = augment.autocontrast(x, torch.zeros(1, 1))
+    y = augment.autocontrast(x, torch.full((1, 1), float(cutoff)))
     arr = (x[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-    ref = np.concatenate([np.asarray(ImageOps.autocontrast(Image.fromarray(arr[..., c])))[..., None] for c in range(3)], -1)
-    assert np.abs(ref.astype(np.float32) / 255 - y[0].permute(1, 2, 0).numpy()).max() <= 1 / 255 + 1e-6
+    ref = np.stack([np.asarray(ImageOps.autocontrast(Image.fromarray(arr[..., c]), cutoff=cutoff)) for c in range(3)], -1)
+    assert np.array_equal((y[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8), ref)
+
+
+def test_sharpness_matches_pil() -> None:
+    import numpy as np
+    from PIL import Image, ImageEnhance
+
+    x = make_toy_batch(1, 32).image
+    for factor in (0.0, 0.5, 1.7):
+        y = augment.sharpness(x, torch.tensor([[factor]]))
+        arr = (x[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        ref = np.asarray(ImageEnhance.Sharpness(Image.fromarray(arr)).enhance(factor)).astype(np.int16)
+        ours = (y[0].permute(1, 2, 0).numpy() * 255).round().astype(np.int16)
+        assert np.abs(ours - ref).max() <= 1, factor  # PIL rounds in integer arithmetic
