@@ -132,12 +132,17 @@ def _base_type(ann: Any) -> Any:
     return ann
 
 
-def controls_for(params_cls: type[Params], fixed: dict | None = None, *, live: bool = True) -> dict[str, W.Widget]:
-    """One widget per parameter of ``params_cls`` not in ``fixed`` (its default is the widget's value)."""
+def controls_for(params_cls: type[Params], fixed: dict | None = None, *, show: Sequence[str] | None = None
+                 ) -> dict[str, W.Widget]:
+    """One widget per parameter of ``params_cls`` not in ``fixed`` (and in ``show`` if given), at its default."""
     fixed = fixed or {}
+    if show is not None:
+        unknown = [k for k in show if k not in params_cls.model_fields]
+        if unknown:
+            raise ParamError(f"unknown parameter {unknown[0]!r} in show=; known: {', '.join(params_cls.model_fields)}")
     out: dict[str, W.Widget] = {}
     for name, field in params_cls.model_fields.items():
-        if name in fixed:
+        if name in fixed or (show is not None and name not in show):
             continue
         info = describe_field(params_cls, name)
         ann = _base_type(field.annotation)
@@ -263,7 +268,7 @@ class Explorer(W.VBox):
 
     def __init__(self, generator: Any, images: Any = None, *, fixed: dict | None = None, conditions: dict | None = None,
                  seed: int = 0, n: int = 4, size: int = 128, manual: bool | None = None, debounce_s: float = 0.15,
-                 cache_size: int = 32, height: int = 420, spec: Any = None) -> None:
+                 cache_size: int = 32, height: int = 420, show: Sequence[str] | None = None, spec: Any = None) -> None:
         if isinstance(generator, type):
             self.generator_cls, self._instance = generator, None
         else:
@@ -283,7 +288,7 @@ class Explorer(W.VBox):
         self.calls = 0
         self.png: bytes = b""
 
-        self.controls = controls_for(self.params_cls, self.fixed)
+        self.controls = controls_for(self.params_cls, self.fixed, show=show)
         if self._instance is not None:  # start from the instance's current values
             for k, w in self.controls.items():
                 v = getattr(self._instance.params, k)
@@ -346,7 +351,9 @@ class Explorer(W.VBox):
         if hit is None:
             self.status.value = "<i>generating…</i>"
             out = self.generate(values, int(self.seed.value))
-            png = render_result(self.images, out)
+            src = self.images if len(out) == len(self.images) else \
+                self.images[[i % len(self.images) for i in range(len(out))]]  # e.g. a duplicated batch
+            png = render_result(src, out)
             self.calls += 1
             self.cache.put(key, (out, png))
             note = f"generated in {time.perf_counter() - t0:.2f} s"
@@ -384,34 +391,37 @@ class Explorer(W.VBox):
 
 
 def _feature_preview(gen: Any, images: Batch, seed: int) -> Batch:
-    """Show a feature-level method on pixel-like features: the images pooled 4×, perturbed, upsampled.
+    """Show a feature-level method: where and how strongly it moved the features, at image size.
 
-    There is no anomalous *image* for these methods; the preview shows where and how strongly
-    the features moved (the mask and |Δ|), which is what their parameters control.
+    There is no anomalous *image* for these methods. The features are the method's own
+    (``gen.features(images)`` when it has a backbone) or, failing that, the images pooled 4×;
+    the "generated" column is the per-location |Δfeature| (normalised per row), the mask the
+    method's mask upsampled. A duplicated batch (SuperSimpleNet) gives one row per copy.
     """
     import torch.nn.functional as F
 
-    feats = F.avg_pool2d(images.image, 4)
-    new, mask = gen.generate_features(feats, seed=seed)
-    size = images.size
-    delta = (new - feats).abs().mean(1, keepdim=True)
+    with torch.no_grad():
+        feats = gen.features(images.image) if callable(getattr(gen, "features", None)) else F.avg_pool2d(images.image, 4)
+        new, mask = gen.generate_features(feats, seed=seed)
+    base = feats.repeat(len(new) // len(feats), 1, 1, 1) if len(new) != len(feats) else feats
+    delta = (new - base).abs().mean(1, keepdim=True)
     delta = delta / delta.flatten(1).amax(1).clamp_min(1e-8)[:, None, None, None]
+    size = images.size
     img = F.interpolate(delta.expand(-1, 3, -1, -1), size=size, mode="nearest").clamp(0, 1)
-    if mask is None:
-        m = (delta > 0.5).float()
-    else:
-        m = mask.float()
+    m = (delta > 0.05).float() if mask is None else (mask > 0).float()
     m = F.interpolate(m, size=size, mode="nearest")
-    labels = ["feature-noise" if bool(m[i].any()) else "good" for i in range(len(images))]
+    labels = ["feature-noise" if bool(m[i].any()) else "good" for i in range(len(new))]
     return Batch(image=img.contiguous(), mask=m.contiguous(), label=labels,
-                 meta=[{"method": gen.name, "seed": seed, "preview": "feature |delta| (normalised)"} for _ in labels])
+                 meta=[{"method": gen.name, "seed": seed, "preview": "|delta feature| normalised"} for _ in labels])
 
 
 def explore(name: Any, images: Any = None, *, seed: int = 0, n: int = 4, size: int = 128, manual: bool | None = None,
-            conditions: dict | None = None, debounce_s: float = 0.15, **fixed: Any) -> Any:
+            conditions: dict | None = None, show: Sequence[str] | None = None, debounce_s: float = 0.15,
+            **fixed: Any) -> Any:
     """An interactive explorer for generator ``name`` (a registered name, a class, or a fitted instance).
 
-    ``fixed`` parameters get no control; ``conditions`` are passed to ``generate``. A plugin's
+    ``fixed`` parameters get no control; ``show`` limits the controls to those names (the
+    others keep their defaults); ``conditions`` are passed to ``generate``. A plugin's
     ``anoplug_make_explorer`` hook may return its own explorer instead.
     """
     from anoplug.registry import get_registry
@@ -430,7 +440,7 @@ def explore(name: Any, images: Any = None, *, seed: int = 0, n: int = 4, size: i
     else:
         target = name
     return Explorer(target, images, fixed=fixed, conditions=conditions, seed=seed, n=n, size=size, manual=manual,
-                    debounce_s=debounce_s, spec=spec)
+                    debounce_s=debounce_s, show=show, spec=spec)
 
 
 # -- side-by-side comparison -----------------------------------------------------------------

@@ -15,8 +15,9 @@ import torch
 from pydantic import Field
 
 from anoplug import GeneratorSpec, hookimpl
-from anoplug.generator import Generator, Paper
+from anoplug.generator import FeatureGenerator, Generator, Paper
 from anoplug.params import ParamError, Params
+from anoplug.seeding import resolve_seeds, rngs_for
 from anoplug.testing import make_toy_batch
 from anoplug.types import Batch
 from anoplug.widgets import LRUCache, compare, controls_for, debounce, explore
@@ -199,3 +200,50 @@ def test_lru_cache_evicts_oldest():
     assert c.get("a") == 1
     c.put("c", 3)
     assert "b" not in c and "a" in c and len(c) == 2
+
+
+class NoiseParams(Params):
+    std: float = Field(0.5, ge=0.0, le=2.0, description="noise std inside the box")
+
+
+class BoxNoise(FeatureGenerator):
+    """A tiny feature-level generator: Gaussian noise in a random box of the feature map."""
+
+    name = "test-boxnoise"
+    title = "Test box noise"
+    category = "feature"
+    paper = Paper("none", year=2024, url="https://example.org")
+    Params = NoiseParams
+
+    def generate_features(self, features, *, generator=None, seed=None, seeds=None):
+        rngs = rngs_for(resolve_seeds(len(features), generator=generator, seed=seed, seeds=seeds))
+        b, c, h, w = features.shape
+        mask = torch.zeros(b, 1, h, w)
+        noise = torch.stack([torch.randn(c, h, w, generator=r) for r in rngs])
+        for i, r in enumerate(rngs):
+            y, x = (int(v) for v in torch.randint(0, h // 2, (2,), generator=r))
+            mask[i, :, y:y + h // 2, x:x + w // 2] = 1
+        return features + self.params.std * noise * mask, mask
+
+
+def test_feature_level_generator_gets_a_preview(tmp_plugin):
+    class P:
+        @hookimpl
+        def anoplug_generators(self):
+            return [GeneratorSpec("test-boxnoise", BoxNoise, title="t", category="feature")]
+
+    tmp_plugin(P(), "boxnoise-plugin")
+    ex = explore("test-boxnoise", make_toy_batch(2, 32))
+    assert ex.button is not None and ex.error is None  # feature-level: Generate button
+    assert ex.result.label == ["feature-noise"] * 2 and float(ex.result.mask.mean()) == pytest.approx(0.25)
+    png = ex.png
+    ex.seed.value = 5
+    ex.button.click()
+    assert ex.png != png
+
+
+def test_show_limits_the_controls(square):
+    ex = explore("test-square", square, show=["side"], debounce_s=0)
+    assert list(ex.controls) == ["side"]
+    with pytest.raises(ParamError, match="nope"):
+        explore("test-square", square, show=["nope"])
