@@ -243,7 +243,7 @@ def dent(rng: np.random.Generator, sc: Scene, category: str) -> str:
     bowl = np.clip(1 - r2, 0, 1) ** 2
     deep = rng.uniform(0.012, 0.025)
     sc.height = sc.height - deep * bowl
-    _mark(sc, bowl, 0.08, grow=0)
+    _mark(sc, bowl, 0.05, grow=0)
     return "a deep dent" if deep > 0.019 else "a shallow round dent"
 
 
