@@ -15,8 +15,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, LookupError, FileNotFoundError, NotADirectoryError,
-                                               PermissionError)
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, LookupError, FileNotFoundError, FileExistsError,
+                                               NotADirectoryError, PermissionError)
 
 
 class UserError(ValueError):
@@ -233,6 +233,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def cmd_new_plugin(args: argparse.Namespace) -> int:
+    from anoplug.scaffold import new_plugin
+
+    root = new_plugin(args.name, args.dir, title=args.title, category=args.category)
+    print(f"created {root}\nnext: pip install -e {root} && pytest {root}")
+    return 0
+
+
 # -- entry ------------------------------------------------------------------------------------
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse.Namespace], int]]]:
     from anoplug._version import __version__
@@ -282,6 +290,13 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argpars
     sp.add_argument("--size", type=int, default=256)
     sp.add_argument("--seed", type=int, default=0)
     handlers["demo"] = cmd_demo
+
+    sp = sub.add_parser("new-plugin", help="scaffold a plugin distribution that passes the conformance kit")
+    sp.add_argument("name", help="method name, e.g. my-method")
+    sp.add_argument("--dir", default="plugins", help="parent folder (default plugins/)")
+    sp.add_argument("--title", default="")
+    sp.add_argument("--category", default="cutpaste")
+    handlers["new-plugin"] = cmd_new_plugin
 
     try:
         from anoplug import cli_bench

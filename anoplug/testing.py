@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import socket
 import subprocess
 import sys
@@ -129,7 +130,8 @@ class _Base:
         code = (f"import sys, importlib; importlib.import_module({self.entry_module!r}); "
                 "bad=[m for m in ('torch','diffusers','transformers') if m in sys.modules]; "
                 "print(','.join(bad)); sys.exit(1 if bad else 0)")
-        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
         assert r.returncode == 0, f"importing {self.entry_module} imported heavy modules: {r.stdout or r.stderr}"
 
 

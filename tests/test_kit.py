@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch  # noqa: F401  (imported before pytester snapshots sys.modules; torch cannot be re-imported)
+
 GOOD_AND_BAD = '''
 import torch
 from pydantic import Field
