@@ -300,3 +300,50 @@ def test_folder_bad_inputs(folder_root, tmp_path):
 def test_unknown_scheme_is_clear():
     with pytest.raises(DataError, match="unknown data source 'ftp:x'"):
         open_dataset("ftp:x")
+
+
+# -- anoplug reads what it writes ------------------------------------------------------------------------------
+def test_mvtec_loader_reads_the_writer_output(folder_root, tmp_path):
+    """The writer's tree is an MVTec AD category: the mvtec loader returns its samples, labels and masks."""
+    import json
+
+    import torch
+    from pydantic import Field
+
+    from anoplug.data.writer import write_generated
+    from anoplug.generator import Generator
+    from anoplug.params import Params
+
+    class SquareParams(Params):
+        side: int = Field(4, ge=1, le=16, description="side of the painted square in pixels")
+
+    class Square(Generator):
+        name, version, Params = "square", "0.0.1", SquareParams
+
+        def sample(self, batch, rngs):
+            return [{"y": int(torch.randint(0, 8, (1,), generator=g)), "good": bool(torch.rand(1, generator=g) < 0.3)}
+                    for g in rngs]
+
+        def apply(self, batch, samples, **conditions):
+            out = batch.clone()
+            k = self.params.side
+            for i, s in enumerate(samples):
+                if not s["good"]:
+                    out.image[i, :, s["y"]:s["y"] + k, 2:2 + k] = 1.0
+                    out.mask[i, :, s["y"]:s["y"] + k, 2:2 + k] = 1.0
+                    out.label[i] = "square"
+            return out
+
+    source = FolderDataset(folder_root, split="train", size=16)
+    summary = write_generated(Square(), source, tmp_path / "out", n=7, seed=3, batch_size=3, progress=False)
+    records = [json.loads(line) for line in summary.manifest.read_text().splitlines()]
+    assert {r["label"] for r in records} == {"good", "square"}  # both kinds of sample are exercised
+    test = MVTecAD(summary.root, split="test", size=16)
+    assert len(test) == 7 and sorted(test.labels) == sorted(r["label"] for r in records)
+    b = test.all()
+    by_name = {m["source"]: k for k, m in enumerate(b.meta)}
+    for r in records:
+        k = by_name[r["image"]]
+        assert b.label[k] == r["label"]
+        assert (float(b.mask[k].sum()) == 16.0) == (r["label"] == "square")  # exactly the 4x4 square
+    assert len(MVTecAD(summary.root, split="train", size=16)) == len(source)
