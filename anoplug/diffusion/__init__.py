@@ -1,0 +1,23 @@
+"""Shared diffusion building blocks (the ``diffusion`` extra: diffusers, transformers).
+
+Importing :mod:`anoplug` never imports this package; diffusion plugins import it when
+they are used. It holds what the diffusion methods share, built once:
+
+- :mod:`.loading`  — real checkpoints through ``from_pretrained`` (offline-friendly) with
+  the right scheduler settings per family (LDM, SD), and :class:`.loading.Parts`, the
+  encode/decode/text helpers every method needs;
+- :mod:`.tiny`     — tiny components and a locally written tokenizer for tests, assembled
+  into real diffusers pipelines; :func:`.tiny.load_tiny_base` loads the committed
+  offline base model;
+- :mod:`.blend`    — the mask-preserving ("blended") sampler and its variants;
+- :mod:`.attention` — cross-attention processors: capture maps, re-weight logits;
+- :mod:`.inversion` — textual inversion with fixed and per-sample injected vectors.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+_missing = [m for m in ("diffusers", "transformers") if importlib.util.find_spec(m) is None]
+if _missing:  # pragma: no cover - exercised only without the extra
+    raise ImportError(f"anoplug.diffusion needs {', '.join(_missing)}: pip install 'anoplug[diffusion]'")

@@ -1,0 +1,202 @@
+"""Train the tiny offline base model: the CPU stand-in for Stable Diffusion / LDM.
+
+A real latent text-to-image stack — AutoencoderKL (×4 down-sampling, 64 px → 16×16×4),
+a text-conditioned UNet2DConditionModel, a CLIP text encoder and a locally written
+tokenizer — trained from scratch on the embedded toy dataset (every category, normal
+and defective images, with their captions). Stage 1 trains the VAE; stage 2 trains
+the UNet and the text encoder together on the VAE's latents (captions dropped 10 % of the
+time so classifier-free guidance works). Saved with ``save_pretrained`` (safetensors)
+plus ``train_log.json`` (command, seed, loss curves, times).
+
+    OMP_NUM_THREADS=1 python tools/train_tiny_base.py --out anoplug/assets/tiny_base
+
+See docs/tiny_base_model.md for what the result is and is not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+
+def load_data(size: int, per_split: int, seed: int):
+    """Images [N,3,H,W] in [0,1] and captions of every toy category (train + test splits)."""
+    from anoplug.data.toy import CATEGORIES, ToyDataset
+
+    images, captions = [], []
+    for cat in CATEGORIES:
+        for split in ("train", "test"):
+            ds = ToyDataset(cat, split, size=size, seed=seed, length=per_split)
+            b = ds.batch(range(len(ds)))
+            images.append(b.image)
+            captions += list(b.text)
+    return torch.cat(images), captions
+
+
+def flip_augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    flip = torch.rand(len(x), generator=g) < 0.5
+    return torch.where(flip[:, None, None, None], x.flip(-1), x)
+
+
+def train_vae(vae, images: torch.Tensor, steps: int, batch: int, lr: float, kl_weight: float, g: torch.Generator, log):
+    opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
+    vae.train()
+    curve = []
+    for step in range(steps):
+        idx = torch.randint(0, len(images), (batch,), generator=g)
+        x = flip_augment(images[idx], g) * 2 - 1
+        post = vae.encode(x).latent_dist
+        z = post.mean + post.std * torch.randn(post.mean.shape, generator=g)
+        rec = vae.decode(z).sample
+        loss_rec = F.l1_loss(rec, x) + F.mse_loss(rec, x)
+        loss = loss_rec + kl_weight * post.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        curve.append(loss_rec.item())
+        if step % 50 == 0 or step == steps - 1:
+            log(f"vae step {step} rec {sum(curve[-50:]) / len(curve[-50:]):.4f}")
+    vae.eval()
+    return curve
+
+
+def train_unet(unet, text_encoder, tokenizer, latents: torch.Tensor, captions: list[str], steps: int, batch: int,
+               lr: float, drop: float, g: torch.Generator, log):
+    from anoplug.diffusion.loading import make_scheduler
+
+    sched = make_scheduler("ddpm")
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
+    warm = max(1, steps // 20)
+    lr_at = lambda s: min(1.0, (s + 1) / warm) * (0.1 + 0.9 * 0.5 * (1 + torch.cos(torch.tensor(s / steps * 3.14159)).item()))
+    n_ctx = int(tokenizer.model_max_length)
+    ids_all = tokenizer(captions, padding="max_length", max_length=n_ctx, truncation=True, return_tensors="pt").input_ids
+    ids_empty = tokenizer([""], padding="max_length", max_length=n_ctx, return_tensors="pt").input_ids
+    unet.train()
+    text_encoder.train()
+    curve = []
+    for step in range(steps):
+        for grp in opt.param_groups:
+            grp["lr"] = lr * lr_at(step)
+        idx = torch.randint(0, len(latents), (batch,), generator=g)
+        z0 = flip_augment(latents[idx], g)
+        ids = ids_all[idx].clone()
+        dropped = torch.rand(batch, generator=g) < drop
+        ids[dropped] = ids_empty
+        t = torch.randint(0, sched.config.num_train_timesteps, (batch,), generator=g)
+        noise = torch.randn(z0.shape, generator=g)
+        x_t = sched.add_noise(z0, noise, t)
+        cond = text_encoder(ids)[0]
+        loss = F.mse_loss(unet(x_t, t, encoder_hidden_states=cond).sample, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        curve.append(loss.item())
+        if step % 100 == 0 or step == steps - 1:
+            log(f"unet step {step} loss {sum(curve[-100:]) / len(curve[-100:]):.4f}")
+    unet.eval()
+    text_encoder.eval()
+    return curve
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="anoplug/assets/tiny_base")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--per-split", type=int, default=48, help="images per category and split")
+    ap.add_argument("--vae-steps", type=int, default=600)
+    ap.add_argument("--vae-batch", type=int, default=8)
+    ap.add_argument("--vae-channels", default="32,32,64")
+    ap.add_argument("--unet-steps", type=int, default=2800)
+    ap.add_argument("--unet-batch", type=int, default=16)
+    ap.add_argument("--unet-channels", default="32,64,64")
+    ap.add_argument("--first-attn-level", type=int, default=1, help="UNet levels above this have no attention")
+    ap.add_argument("--text-hidden", type=int, default=64)
+    ap.add_argument("--max-tokens", type=int, default=32, help="text context length")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    from diffusers import StableDiffusionPipeline
+
+    from anoplug.diffusion import tiny
+    from anoplug.diffusion.loading import make_scheduler
+
+    out = Path(args.out)
+    t_start = time.time()
+    log_lines: list[str] = []
+
+    def log(msg: str) -> None:
+        line = f"[{time.time() - t_start:7.1f}s] {msg}"
+        log_lines.append(line)
+        print(line, flush=True)
+
+    g = torch.Generator().manual_seed(args.seed)
+    images, captions = load_data(args.size, args.per_split, args.seed)
+    words = sorted({w for c in captions for w in re.findall(r"[a-z]+", c.lower())} | set(tiny.WORDS))
+    log(f"data: {len(images)} images, {len(set(captions))} distinct captions, {len(words)} vocabulary words")
+
+    vae = tiny.tiny_vae(block_out_channels=tuple(int(c) for c in args.vae_channels.split(",")), seed=args.seed)
+    t0 = time.time()
+    vae_curve = train_vae(vae, images, args.vae_steps, args.vae_batch, 1e-3, 1e-6, g, log)
+    vae_time = time.time() - t0
+    with torch.no_grad():
+        mean = torch.cat([vae.encode(images[i:i + 64] * 2 - 1).latent_dist.mean for i in range(0, len(images), 64)])
+    scaling = float(1.0 / mean.std())
+    vae.register_to_config(scaling_factor=scaling)
+    latents = mean * scaling
+    log(f"vae done in {vae_time:.0f}s; latent scaling factor {scaling:.4f}")
+
+    out.mkdir(parents=True, exist_ok=True)
+    tok_dir = tiny.write_clip_tokenizer(out / "_tok_src", words)
+    from transformers import CLIPTokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(str(tok_dir), local_files_only=True, model_max_length=args.max_tokens)
+    longest = max(len(tokenizer(c).input_ids) for c in set(captions))
+    log(f"longest caption: {longest} tokens (context {args.max_tokens})")
+    text_encoder = tiny.tiny_text_encoder(tokenizer, hidden=args.text_hidden, layers=2, heads=4, seed=args.seed)
+    ch = tuple(int(c) for c in args.unet_channels.split(","))
+    unet = tiny.tiny_unet(sample_size=args.size // 4, block_out_channels=ch, cross_attention_dim=args.text_hidden,
+                          attention_head_dim=8, first_attn_level=args.first_attn_level, seed=args.seed)
+    t0 = time.time()
+    unet_curve = train_unet(unet, text_encoder, tokenizer, latents, captions, args.unet_steps, args.unet_batch, 3e-4,
+                            0.1, g, log)
+    unet_time = time.time() - t0
+    log(f"unet done in {unet_time:.0f}s")
+
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                   scheduler=make_scheduler("ddim"), safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.save_pretrained(str(out), safe_serialization=True)
+    for p in sorted((out / "_tok_src").iterdir()):
+        p.unlink()
+    (out / "_tok_src").rmdir()
+    every = lambda c, k: [round(sum(c[i:i + k]) / len(c[i:i + k]), 5) for i in range(0, len(c), k)]
+    record = {
+        "command": "OMP_NUM_THREADS=1 python tools/train_tiny_base.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "args": vars(args), "seed": args.seed, "n_images": len(images), "torch": torch.__version__,
+        "vae_seconds": round(vae_time, 1), "unet_seconds": round(unet_time, 1),
+        "total_seconds": round(time.time() - t_start, 1), "latent_scaling_factor": scaling,
+        "vae_rec_loss_per_50": every(vae_curve, 50), "unet_loss_per_100": every(unet_curve, 100),
+        "final_vae_rec_loss": every(vae_curve, 50)[-1], "final_unet_loss": every(unet_curve, 100)[-1],
+        "params": {"vae": sum(p.numel() for p in vae.parameters()), "unet": sum(p.numel() for p in unet.parameters()),
+                   "text_encoder": sum(p.numel() for p in text_encoder.parameters())},
+        "log": log_lines,
+    }
+    (out / "train_log.json").write_text(json.dumps(record, indent=1))
+    log(f"saved to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
