@@ -33,7 +33,7 @@ __all__ = ["TextureSource", "texture_source", "SKIMAGE_TEXTURES", "TEXTURE_EXTEN
 #: scikit-image bundled pictures used as textures; all load offline from the installed wheel.
 SKIMAGE_TEXTURES = ("brick", "grass", "gravel", "hubble_deep_field", "immunohistochemistry", "coins", "text")
 TEXTURE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
-_CACHE_ITEMS = 512
+_CACHE_ITEMS = 256  # at 256² one texture is 0.8 MB
 
 
 def _as_hw(size: int | Sequence[int]) -> tuple[int, int]:
