@@ -34,6 +34,10 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 NOTEBOOK = os.environ.get("ANOPLUG_BROWSER_NOTEBOOK") or next(
     (n for n in ("02_1_cutpaste.ipynb", "00_getting_started.ipynb") if (ROOT / "notebooks" / n).is_file()), None)
 
+#: which explorer slider to move, and how far, so the change is visible in the screenshots
+SLIDER_MOVES = {"02_1_cutpaste.ipynb": ("area_max", 20), "00_getting_started.ipynb": ("threshold", 15),
+                "90_writing_a_plugin.ipynb": ("length", 10)}
+
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 KERNEL_READY_JS = """() => {
@@ -169,10 +173,12 @@ def test_slider_changes_the_rendered_image(jupyterlab):
             page.screenshot(path=str(SHOTS / "browser_before.png"))
             before_src, before_png = image.get_attribute("src"), image.screenshot(path=str(SHOTS / "explorer_before.png"))
 
-            slider = explorer.locator("[role=slider]").first
+            name, presses = SLIDER_MOVES.get(NOTEBOOK, ("", 10))
+            box = explorer.locator(".widget-slider", has=page.get_by_text(name, exact=True)) if name else explorer
+            slider = box.locator("[role=slider]").first
             slider_before = slider.get_attribute("aria-valuenow")
             slider.focus()
-            for _ in range(10):
+            for _ in range(presses):
                 page.keyboard.press("ArrowRight")
             page.wait_for_function("([img, src]) => img.src !== src && img.complete && img.naturalWidth > 0",
                                    arg=[image.element_handle(), before_src], timeout=60_000)
