@@ -395,22 +395,28 @@ def _feature_preview(gen: Any, images: Batch, seed: int) -> Batch:
 
     There is no anomalous *image* for these methods. The features are the method's own
     (``gen.features(images)`` when it has a backbone) or, failing that, the images pooled 4×;
-    the "generated" column is the per-location |Δfeature| (normalised per row), the mask the
-    method's mask upsampled. A duplicated batch (SuperSimpleNet) gives one row per copy.
+    the "generated" column is the per-location |Δfeature| (normalised per row; the row label
+    gives the scale), the mask the method's mask upsampled (or where |Δ| > 5 % of its peak when
+    the method has none). A duplicated batch (SuperSimpleNet) gives one row per copy.
     """
     import torch.nn.functional as F
 
     with torch.no_grad():
         feats = gen.features(images.image) if callable(getattr(gen, "features", None)) else F.avg_pool2d(images.image, 4)
+        if isinstance(feats, tuple):  # patch-feature methods (PBAS): (rows [B, h·w, D], (h, w))
+            rows, (h, w) = feats
+            feats = rows.reshape(rows.shape[0], h, w, -1).permute(0, 3, 1, 2).contiguous()
         new, mask = gen.generate_features(feats, seed=seed)
     base = feats.repeat(len(new) // len(feats), 1, 1, 1) if len(new) != len(feats) else feats
     delta = (new - base).abs().mean(1, keepdim=True)
-    delta = delta / delta.flatten(1).amax(1).clamp_min(1e-8)[:, None, None, None]
+    peak = delta.flatten(1).amax(1)
+    delta = delta / peak.clamp_min(1e-8)[:, None, None, None]
     size = images.size
     img = F.interpolate(delta.expand(-1, 3, -1, -1), size=size, mode="nearest").clamp(0, 1)
     m = (delta > 0.05).float() if mask is None else (mask > 0).float()
     m = F.interpolate(m, size=size, mode="nearest")
-    labels = ["feature-noise" if bool(m[i].any()) else "good" for i in range(len(new))]
+    # the row label carries the scale that the per-row normalisation hides
+    labels = [f"max|d| {float(peak[i]):.3g}" if bool(m[i].any()) else "good" for i in range(len(new))]
     return Batch(image=img.contiguous(), mask=m.contiguous(), label=labels,
                  meta=[{"method": gen.name, "seed": seed, "preview": "|delta feature| normalised"} for _ in labels])
 
