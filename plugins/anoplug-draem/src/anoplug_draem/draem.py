@@ -58,22 +58,19 @@ class Draem(Generator):
 
     def __init__(self, params: Any = None, **kw: Any) -> None:
         super().__init__(params, **kw)
-        self._textures: dict[tuple[int, int], torch.Tensor] = {}
+        self._sources: dict[tuple[int, int], Any] = {}
 
     # -- the anomaly source ---------------------------------------------------------------
-    def _n_textures(self) -> int:
-        if self.params.texture_source == "perlin":
-            return 0
-        return len(self._texture_source((8, 8)))
-
-    def _texture_source(self, size: tuple[int, int]) -> torch.Tensor:
-        """All source textures resized (aspect ignored, as DRAEM does) to ``size``: ``[N,3,H,W]``."""
-        if size not in self._textures:
+    def _texture_source(self, size: tuple[int, int]) -> Any:
+        """The texture set at ``size`` (aspect ignored, as DRAEM resizes to 256²); files load lazily."""
+        if size not in self._sources:
             from anoplug.data.textures import texture_source
 
-            src = texture_source(self.params.texture_source, size=size)
-            self._textures[size] = torch.stack([src.get(i) for i in range(len(src))]).float()
-        return self._textures[size]
+            self._sources[size] = texture_source(self.params.texture_source, size=size)
+        return self._sources[size]
+
+    def _n_textures(self) -> int:
+        return 0 if self.params.texture_source == "perlin" else len(self._texture_source((8, 8)))
 
     # -- sampling and applying --------------------------------------------------------------
     def sample(self, batch: Batch, rngs: Sequence[torch.Generator]) -> list[dict]:
@@ -106,7 +103,7 @@ class Draem(Generator):
         if self.params.texture_source == "perlin":  # anomalib's DTD-free fallback
             tex = (0.5 * noise + 0.25).clamp(0, 1).expand(-1, 3, -1, -1)
         else:
-            tex = self._texture_source((h, w))[[s["texture"] for s in sub]]
+            tex = self._texture_source((h, w)).stack([s["texture"] for s in sub]).float()
         tex = augment.apply_chains(tex, [s["augmenters"] for s in sub])
         image = batch.image[idx]
         beta = torch.tensor([s["beta"] for s in sub], dtype=image.dtype)[:, None, None, None]
