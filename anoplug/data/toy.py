@@ -142,9 +142,10 @@ def _metal(rng: np.random.Generator, n: int) -> Scene:
 
 def _wood(rng: np.random.Generator, n: int) -> Scene:
     y, x = grid(n)
-    rings = rng.uniform(7, 10)
-    warp = 0.9 * fractal(rng, n, (2, 3), octaves=3) + 0.25 * (y - 0.5) * rng.normal(0, 1)
-    v = x * rings + warp * 1.6 + rng.uniform(0, 1)
+    rings = rng.uniform(10, 13)
+    # mostly straight vertical grain, bent gently (long wavelengths along y, x)
+    warp = 0.8 * fractal(rng, n, (2, 2), octaves=2) + 0.2 * noise(rng, n, (5, 3)) + 0.25 * (y - 0.5) * rng.normal(0, 1)
+    v = x * rings + warp * 1.0 + rng.uniform(0, 1)
     r = v - np.floor(v)
     late = smooth_step(0.55, 0.95, r) * (1 - smooth_step(0.95, 1.0, r))  # dark latewood band per ring
     fibres = fractal(rng, n, (3, max(n // 3, 8)), octaves=2)  # long vertical fibres

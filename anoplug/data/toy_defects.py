@@ -149,7 +149,7 @@ def hole(rng: np.random.Generator, sc: Scene, category: str) -> str:
 
 
 _STAINS = {
-    "coffee": (np.array([0.70, 0.52, 0.34]), "a brown coffee stain"),
+    "coffee": (np.array([0.62, 0.45, 0.30]), "a brown coffee stain"),
     "oil": (np.array([0.45, 0.45, 0.50]), "a dark oil stain"),
     "rust": (np.array([0.95, 0.55, 0.28]), "an orange rust stain"),
 }
@@ -165,7 +165,7 @@ def stain(rng: np.random.Generator, sc: Scene, category: str) -> str:
     ring = np.clip(4 * soft * (1 - soft), 0, 1)  # pigment gathers at the drying edge
     kind = list(_STAINS)[int(rng.integers(len(_STAINS)))]
     tint, phrase = _STAINS[kind]
-    strength = rng.uniform(0.45, 0.75)
+    strength = rng.uniform(0.65, 0.95)
     alpha = soft * strength * (0.6 + 0.6 * ring)
     sc.albedo = sc.albedo * (1 - alpha[..., None] * (1 - tint))
     _mark(sc, soft, 0.3, grow=0)

@@ -10,6 +10,8 @@ is marked where its part should be).
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
 from anoplug.data.toy_render import Scene, grid, noise, smooth_step
@@ -27,9 +29,21 @@ def _rounded_box(px: np.ndarray, py: np.ndarray, hx: float, hy: float, r: float)
     return np.hypot(np.maximum(qx, 0), np.maximum(qy, 0)) + np.minimum(np.maximum(qx, qy), 0) - r
 
 
-def _part(kind: str, cx: float, cy: float, ang: float, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(coverage, colour HWC, height) of one part; shading comes from its height."""
-    y, x = grid(n)
+_REACH = 0.125  # every part fits in a square of this half-width around its centre (image fractions)
+
+
+def _window(cx: float, cy: float, n: int) -> tuple[slice, slice]:
+    """Pixel window around a part, so each part is drawn on a small crop, not the whole image."""
+    x0, x1 = int(np.floor((cx - _REACH) * n)), int(np.ceil((cx + _REACH) * n))
+    y0, y1 = int(np.floor((cy - _REACH) * n)), int(np.ceil((cy + _REACH) * n))
+    return slice(max(y0, 0), min(y1, n)), slice(max(x0, 0), min(x1, n))
+
+
+def _part(kind: str, cx: float, cy: float, ang: float, n: int) -> tuple[tuple[slice, slice], np.ndarray, np.ndarray, np.ndarray]:
+    """(window, coverage, colour, height) of one part on its window; shading comes from its height."""
+    win = _window(cx, cy, n)
+    gy, gx = grid(n)
+    y, x = gy[win], gx[win]
     px, py = x - cx, y - cy
     c, s = np.cos(ang), np.sin(ang)
     qx, qy = px * c + py * s, -px * s + py * c
@@ -48,29 +62,38 @@ def _part(kind: str, cx: float, cy: float, ang: float, n: int) -> tuple[np.ndarr
         col = np.array([0.14, 0.30, 0.70])
     else:  # screw: a threaded shank with a round head at one end
         shank = _rounded_box(qx - 0.02, qy, 0.07, 0.016, 0.008)
-        head = np.hypot(qx + 0.065, qy) - 0.034
+        rh = np.hypot(qx + 0.065, qy)
+        head = rh - 0.034
         sdf = np.minimum(shank, head)
-        thread = 0.004 * np.sin(qx * 260) * (shank < 0) * (head > 0)
-        h = 0.015 * np.sqrt(np.clip(1 - (qy / 0.017) ** 2, 0, 1)) * (head > 0) + thread \
-            + 0.02 * np.sqrt(np.clip(1 - ((np.hypot(qx + 0.065, qy)) / 0.034) ** 2, 0, 1)) * (head <= 0)
+        on_shank = (shank < 0) & (head > 0)
+        h = np.where(head <= 0, 0.02 * np.sqrt(np.clip(1 - (rh / 0.034) ** 2, 0, 1)),
+                     0.015 * np.sqrt(np.clip(1 - (qy / 0.017) ** 2, 0, 1)) + 0.004 * np.sin(qx * 260) * on_shank)
         col = np.array([0.62, 0.62, 0.60])
     cover = np.clip(0.5 - sdf * n, 0, 1)
-    return cover, np.broadcast_to(col, (n, n, 3)), h * cover
+    return win, cover, col, h * cover
 
 
-def _tray_base(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+@lru_cache(maxsize=8)
+def _tray_geometry(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(tray coverage, height with recessed slots): the same for every sample, so cached per size."""
     y, x = grid(n)
-    px, py = x - 0.5, y - 0.5
-    body = _rounded_box(px, py, 0.42, 0.28, 0.03)
+    body = _rounded_box(x - 0.5, y - 0.5, 0.42, 0.28, 0.03)
     tray = np.clip(0.5 - body * n, 0, 1)
     height = 0.03 * smooth_step(0.0, 0.012, -body)
     for sx, sy in SLOTS:
         slot = _rounded_box(x - sx, y - sy, 0.105, 0.115, 0.02)
         height = height - 0.02 * smooth_step(0.0, 0.01, -slot)
+    tray.flags.writeable = False
+    height.flags.writeable = False
+    return tray, height
+
+
+def _tray_base(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+    tray, height = _tray_geometry(n)
     belt = (0.22 + 0.015 * noise(rng, n, (n // 2, 3)))[..., None] * np.array([0.85, 0.9, 1.0])
     plastic = (0.80 + 0.01 * noise(rng, n, 8) + rng.normal(0, 0.01))[..., None] * np.array([0.97, 0.97, 0.95])
     albedo = belt * (1 - tray[..., None]) + plastic * tray[..., None]
-    return albedo, height
+    return albedo, height.copy()
 
 
 def render_tray(rng: np.random.Generator, n: int, label: str) -> tuple[Scene, str]:
@@ -112,18 +135,20 @@ def render_tray(rng: np.random.Generator, n: int, label: str) -> tuple[Scene, st
 
     albedo, height = _tray_base(rng, n)
     obj = np.zeros((n, n))
+    off = max(1, n // 80)
     for kind, cx, cy, ang in parts:
-        cover, col, h = _part(kind, cx, cy, ang, n)
+        win, cover, col, h = _part(kind, cx, cy, ang, n)
         # a soft contact shadow offset to the lower right
-        sh = np.roll(cover, (max(1, n // 80), max(1, n // 80)), (0, 1))
-        albedo = albedo * (1 - 0.3 * (sh * (1 - cover))[..., None])
-        albedo = albedo * (1 - cover[..., None]) + col * cover[..., None]
-        height = height * (1 - cover) + (height.max() * 0 + h) * cover + cover * np.where(cover > 0, height, 0) * 0
-        obj = np.maximum(obj, cover)
+        sh = np.zeros_like(cover)
+        sh[off:, off:] = cover[:-off, :-off]
+        a = albedo[win] * (1 - 0.3 * (sh * (1 - cover))[..., None])
+        albedo[win] = a * (1 - cover[..., None]) + col * cover[..., None]
+        height[win] = height[win] * (1 - cover) + h
+        obj[win] = np.maximum(obj[win], cover)
     sc = Scene(n=n, albedo=albedo, object_mask=(obj > 0.5).astype(np.float32))
     sc.height = height
     sc.specular = 0.35
     for kind, cx, cy, ang in marks:
-        cover, _, _ = _part(kind, cx, cy, ang, n)
-        sc.mask = np.maximum(sc.mask, cover > 0.3)
+        win, cover, _, _ = _part(kind, cx, cy, ang, n)
+        sc.mask[win] = np.maximum(sc.mask[win], cover > 0.3)
     return sc, phrase
