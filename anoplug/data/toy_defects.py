@@ -241,10 +241,10 @@ def dent(rng: np.random.Generator, sc: Scene, category: str) -> str:
     v = (-dx * np.sin(rot) + dy * np.cos(rot)) / ry
     r2 = u**2 + v**2
     bowl = np.clip(1 - r2, 0, 1) ** 2
-    deep = rng.uniform(0.012, 0.025)
+    deep = rng.uniform(0.025, 0.04)
     sc.height = sc.height - deep * bowl
     _mark(sc, bowl, 0.05, grow=0)
-    return "a deep dent" if deep > 0.019 else "a shallow round dent"
+    return "a deep dent" if deep > 0.033 else "a shallow round dent"
 
 
 DEFECTS = {"scratch": scratch, "crack": crack, "hole": hole, "stain": stain, "contamination": contamination,
