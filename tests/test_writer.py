@@ -190,3 +190,8 @@ def test_sigkill_then_resume_is_byte_identical(tmp_path: Path) -> None:
     resumed = write_generated(BoxGenerator(), _source(), killed, n=40, seed=5, batch_size=8, n_train=6, progress=False)
     assert 0 < resumed.written < 40 and resumed.written + resumed.skipped == 40
     assert _tree(killed / "metal") == _tree(clean / "metal")
+
+
+def test_n_train_is_capped_by_the_source(tmp_path: Path) -> None:
+    s = write_generated(BoxGenerator(), _source(), tmp_path, n=2, n_train=100, progress=False)
+    assert len(list((s.root / "train" / "good").glob("*.png"))) == len(_source())

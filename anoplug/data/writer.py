@@ -156,9 +156,9 @@ def write_generated(generator: Any, source: Dataset, out: str | Path, *, n: int,
         raise DataError(f"seed must be non-negative, got {seed}")
     if len(source) < 1:
         raise DataError(f"source dataset {source!r} is empty")
-    n_train = min(len(source), 64) if n_train is None else int(n_train)
-    if n_train < 0:
+    if n_train is not None and n_train < 0:
         raise DataError(f"n_train must be non-negative, got {n_train}")
+    n_train = min(len(source), 64 if n_train is None else int(n_train))  # never more normals than the source has
     root = Path(out) / _safe_label(source.category or "dataset")
     identity = {"method": generator.name, "method_version": generator.version,
                 "params": generator.params.model_dump(mode="json"), "seed": int(seed), "dataset": _dataset_id(source)}
