@@ -6,9 +6,9 @@ the source gradient inside the (3× eroded) mask and the destination gradient ou
 (``NORMAL_CLONE``); ``MIXED_CLONE`` takes, inside the mask, whichever of source and
 destination gradient has the larger |∂x − ∂y| (OpenCV's own criterion). The rectangle
 problem is diagonal in the type-I discrete sine basis, so one solve is four small matrix
-products. We pad every patch's problem to the largest rectangle of the call and use
-per-patch sine matrices that are zero outside their own size, so patches of different
-sizes are solved together with batched matmuls and no loop over pixels.
+products. Gradients, erosion and right-hand sides of all patches of a call are computed
+together on rectangles padded to the largest one; the sine transforms then run per patch
+at its exact size (so a patch's result does not depend on the others in the call).
 """
 
 from __future__ import annotations
@@ -32,19 +32,6 @@ def _sine_basis(n: int, dtype: torch.dtype, device: torch.device) -> tuple[torch
         eig = 2.0 * torch.cos(math.pi * k / (n + 1)) - 2.0
         _SINE_CACHE[key] = (s.to(dtype=dtype, device=device), eig.to(dtype=dtype, device=device))
     return _SINE_CACHE[key]
-
-
-def _padded_bases(sizes: Sequence[int], n_max: int, dtype: torch.dtype, device: torch.device
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """[P,n_max,n_max] sine matrices (zero beyond each size) and [P,n_max] eigenvalues (-1 beyond)."""
-    mats = torch.zeros(len(sizes), n_max, n_max, dtype=dtype, device=device)
-    eigs = torch.full((len(sizes), n_max), -1.0, dtype=dtype, device=device)
-    for p, n in enumerate(sizes):
-        if n > 0:
-            s, e = _sine_basis(n, dtype, device)
-            mats[p, :n, :n] = s
-            eigs[p, :n] = e
-    return mats, eigs
 
 
 def _grad_x(x: torch.Tensor) -> torch.Tensor:
@@ -98,12 +85,17 @@ def solve_rectangles(dst: torch.Tensor, src: torch.Tensor, mask: torch.Tensor, s
     rhs = (lap - neighbours) * interior[:, None]
     rhs = rhs[..., 1:Nh - 1, 1:Nw - 1]
 
-    sh, eh = _padded_bases((hs - 2).clamp(min=0).tolist(), Nh - 2, dt, dev)
-    sw, ew = _padded_bases((ws - 2).clamp(min=0).tolist(), Nw - 2, dt, dev)
-    sh, sw = sh[:, None], sw[:, None]
-    coef = sh @ rhs @ sw
-    coef = coef / (eh[:, None, :, None] + ew[:, None, None, :])
-    u = sh @ coef @ sw
+    # one exact-size sine solve per rectangle: the result of a patch never depends on the
+    # other patches of the call (padding would change BLAS blocking and hence the last bits)
+    u = torch.zeros_like(rhs)
+    for p in range(P):
+        mh, mw = int(hs[p]) - 2, int(ws[p]) - 2
+        if mh <= 0 or mw <= 0:
+            continue
+        sh, eh = _sine_basis(mh, dt, dev)
+        sw, ew = _sine_basis(mw, dt, dev)
+        coef = sh @ rhs[p, :, :mh, :mw] @ sw
+        u[p, :, :mh, :mw] = sh @ (coef / (eh[:, None] + ew[None, :])) @ sw
     out = dst.clone()
     core = out[..., 1:Nh - 1, 1:Nw - 1]
     out[..., 1:Nh - 1, 1:Nw - 1] = torch.where(interior[:, None, 1:Nh - 1, 1:Nw - 1], u, core)
@@ -149,8 +141,9 @@ def seamless_clone(images: torch.Tensor, jobs: Sequence[CloneJob], mixed: Sequen
         h, w = y1 - y0, x1 - x0
         dy, dx = job.center[1] - h // 2, job.center[0] - w // 2
         H, W = images.shape[-2:]
-        if dy < 0 or dx < 0 or dy + h > H or dx + w > W:
-            raise ValueError(f"clone rectangle {(dy, dx, h, w)} leaves the {H}x{W} image")
+        if dy < 0 or dx < 0 or dy + h > H or dx + w > W:  # OpenCV raises; NSA then skips the patch
+            done.append(False)
+            continue
         m = mask[y0:y1, x0:x1]
         prepared.append((job.index, dy, dx, h, w, job.patch[:, y0:y1, x0:x1] * m, m))
         done.append(True)
