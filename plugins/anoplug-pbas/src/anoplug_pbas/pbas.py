@@ -1,0 +1,358 @@
+"""PBAS: synthetic anomalies made by pushing normal features outward, past a boundary that shrinks.
+
+Chen, Luo, Gao, Lv, Zhang, "Progressive Boundary Guided Anomaly Synthesis for Industrial
+Anomaly Detection", IEEE TCSVT 35(2), 2025 (MIT code: github.com/cqylunlun/PBAS).
+
+Read top to bottom, as in the paper:
+
+1. **Patch features.** A frozen backbone gives two mid-level layers (WRN-50-2 layer2 + layer3
+   in the paper). Each is unfolded into 3×3 neighbourhoods; the deeper layer's patch grid is
+   bilinearly resized to the first one's; each layer's patch vector is average-pooled to 1536
+   values, and the two are averaged (pooled) to one 1536-d feature per position.
+2. **Projection.** One trainable linear layer (Adam, lr 1e-4, wd 1e-5).
+3. **Centres, fixed before training** (the approximate boundary's anchors). With the untrained
+   projection: the per-position mean over the first batch gives one centre per position;
+   every later batch's per-position mean is matched to its most cosine-similar centre, which
+   is updated by EMA ``c ← 0.9·c + 0.1·row``. They never change again.
+4. **Anomaly synthesis** (:meth:`PBAS.generate_features`). For each projected feature ``f``:
+   nearest centre ``c*`` by cosine similarity, ``d = f − c*``, the batch-mean radius
+   ``r̄ = mean‖d‖``, and the twin ``f + d/‖d‖ · r̄ · 0.25`` (the offset is detached). Nothing is
+   random: the push is decided by the batch.
+5. **Loss.** ``r̄`` (pulls features to their centres, so the boundary — and with it the
+   synthetic anomalies — moves inward as training progresses) + BCE(D(f), 0) + BCE(D(twin), 1);
+   the discriminator D is Linear → BN → LeakyReLU(0.2) → Linear → sigmoid (AdamW, lr 2e-4).
+6. **Inference.** Patch score = D(projected feature); map bilinearly upsampled to the image
+   and blurred (Gaussian σ = 4); image score = max over patches.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from anoplug.backbones import Backbone, backbone_info, get_backbone
+from anoplug.generator import FeatureGenerator, Paper, Requires
+from anoplug.params import Params
+from anoplug.seeding import resolve_seeds
+from anoplug.types import Batch
+
+__all__ = ["PBAS", "PBASParams", "patch_features", "build_centres", "update_centres", "nearest_centres",
+           "synthesize_twins", "Discriminator"]
+
+BackboneName = Literal["efficientnet-lite0", "wide_resnet50_2", "resnet18", "tiny-random"]
+
+
+class PBASParams(Params):
+    # -- the synthesis --------------------------------------------------------------------------
+    k: float = Field(0.25, gt=0, le=4, description="outward push as a fraction of the batch-mean radius (paper 0.25)")
+    centre_momentum: float = Field(0.9, ge=0, lt=1, description="EMA keep factor when building the centres (paper 0.9)")
+    # -- the detector that consumes it ----------------------------------------------------------
+    backbone: BackboneName = Field("efficientnet-lite0",
+                                   description="frozen backbone (paper: wide_resnet50_2; default: offline Lite0)")
+    pretrained: bool = Field(True, description="use the backbone's ImageNet weights (False: random, for tests)")
+    image_size: int = Field(288, ge=32, le=1024, multiple_of=16, description="side the images are resized to (paper 288)")
+    patch_size: int = Field(3, ge=1, le=9, description="neighbourhood aggregated into one patch feature (paper 3)")
+    pretrain_dim: int = Field(1536, ge=4, le=8192, description="each layer's patch vector is pooled to this size (paper 1536)")
+    target_dim: int = Field(1536, ge=4, le=8192, description="dimension of the final patch feature (paper 1536)")
+    dsc_hidden: int = Field(1024, ge=4, le=8192, description="hidden width of the discriminator (paper 1024)")
+    lr: float = Field(1e-4, gt=0, le=1, description="Adam learning rate of the projection; the discriminator uses 2×")
+    batch_size: int = Field(8, ge=1, le=512, description="training images per step (paper 8)")
+    steps: int = Field(5000, ge=0, le=10_000_000, description="training steps (paper: 640 epochs)")
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="seed of weight init and batch order in fit")
+
+
+# -- 1. patch features -----------------------------------------------------------------------
+def patch_features(layers: Sequence[torch.Tensor], patch_size: int = 3, pretrain_dim: int = 1536,
+                   target_dim: int = 1536) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Locally aggregated features ``[B, h·w, target_dim]`` on the first layer's grid ``(h, w)``."""
+    pad = (patch_size - 1) // 2
+    h, w = layers[0].shape[-2:]
+    pooled = []
+    for feat in layers:
+        b, c = feat.shape[:2]
+        patches = F.unfold(feat, kernel_size=patch_size, padding=pad, stride=1)  # [B, C·p², h_l·w_l]
+        patches = patches.view(b, c * patch_size**2, *feat.shape[-2:])
+        if patches.shape[-2:] != (h, w):
+            patches = F.interpolate(patches, size=(h, w), mode="bilinear", align_corners=False)
+        vec = patches.flatten(2).transpose(1, 2).reshape(b * h * w, 1, -1)  # channel-major, as unfold orders it
+        pooled.append(F.adaptive_avg_pool1d(vec, pretrain_dim))
+    stacked = torch.cat(pooled, 1).reshape(-1, 1, len(layers) * pretrain_dim)
+    out = F.adaptive_avg_pool1d(stacked, target_dim).reshape(layers[0].shape[0], h * w, target_dim)
+    return out, (h, w)
+
+
+# -- 2. and 5. the trainable parts --------------------------------------------------------------
+class Discriminator(nn.Module):
+    """Linear → BatchNorm → LeakyReLU(0.2) → Linear (no bias) → sigmoid: P(feature is synthetic)."""
+
+    def __init__(self, dim: int, hidden: int = 1024) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(dim, hidden), nn.BatchNorm1d(hidden), nn.LeakyReLU(0.2))
+        self.tail = nn.Linear(hidden, 1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.tail(self.body(x)))
+
+
+def _xavier_init(module: nn.Module, g: torch.Generator) -> None:
+    """Xavier-normal linear weights (as the reference), torch-default uniform biases, from one seeded generator."""
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, nn.Linear):
+                fan_out, fan_in = m.weight.shape
+                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * math.sqrt(2.0 / (fan_in + fan_out)))
+                if m.bias is not None:
+                    m.bias.copy_((torch.rand(m.bias.shape, generator=g) * 2 - 1) / math.sqrt(fan_in))
+
+
+# -- 3. centres ---------------------------------------------------------------------------------
+def nearest_centres(features: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+    """Index of the most cosine-similar centre for every row of ``features`` ``[N, D]``."""
+    return (F.normalize(features, dim=1) @ F.normalize(centres, dim=1).T).argmax(1)
+
+
+def update_centres(centres: torch.Tensor, rows: torch.Tensor, momentum: float = 0.9) -> torch.Tensor:
+    """One batch of the reference's sequential EMA, vectorised and exact.
+
+    All rows are matched first; then, in row order, ``c[j] ← m·c[j] + (1−m)·row``. A centre hit
+    by rows r₁ < … < r_k thus ends at ``mᵏ·c + Σᵢ (1−m)·m^(k−i)·rᵢ``.
+    """
+    idx = nearest_centres(rows, centres)
+    counts = torch.bincount(idx, minlength=len(centres))
+    order = torch.argsort(idx, stable=True)
+    sorted_idx = idx[order]
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(len(idx), device=idx.device) - starts[sorted_idx] + 1  # 1..k within each centre
+    weight = (1 - momentum) * momentum ** (counts[sorted_idx] - rank).to(rows.dtype)
+    out = centres * (momentum ** counts.to(rows.dtype))[:, None]
+    return out.index_add(0, sorted_idx, rows[order] * weight[:, None])
+
+
+def build_centres(batches: Sequence[torch.Tensor], momentum: float = 0.9) -> torch.Tensor:
+    """Centres ``[h·w, D]`` from per-image projected features ``[B, h·w, D]``, batch after batch."""
+    centres = None
+    for feats in batches:
+        mean = feats.mean(0)
+        centres = mean.clone() if centres is None else update_centres(centres, mean, momentum)
+    if centres is None:
+        raise ValueError("no batches to build centres from")
+    return centres
+
+
+# -- 4. synthesis ---------------------------------------------------------------------------------
+def synthesize_twins(features: torch.Tensor, centres: torch.Tensor, k: float = 0.25
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(anomalous twins, batch-mean radius r̄ (with grad), nearest-centre index) for features ``[N, D]``."""
+    idx = nearest_centres(features, centres)
+    direction = features - centres[idx]
+    dist = direction.norm(dim=1, keepdim=True)
+    radius = dist.mean()
+    twins = features + (direction / dist.clamp_min(1e-12) * radius * k).detach()
+    return twins, radius, idx
+
+
+def _gaussian_blur(x: torch.Tensor, sigma: float = 4.0) -> torch.Tensor:
+    """Separable Gaussian blur, kernel 2·⌈3σ⌉+1, reflect padding."""
+    ks = 2 * math.ceil(3 * sigma) + 1
+    t = torch.arange(ks, dtype=x.dtype, device=x.device) - ks // 2
+    w = torch.exp(-0.5 * (t / sigma) ** 2)
+    w = w / w.sum()
+    pad = ks // 2
+    if min(x.shape[-2:]) <= pad:
+        return x
+    x = F.pad(x, (pad, pad, pad, pad), mode="reflect")
+    x = F.conv2d(x, w.view(1, 1, 1, ks).expand(x.shape[1], 1, 1, ks), groups=x.shape[1])
+    return F.conv2d(x, w.view(1, 1, ks, 1).expand(x.shape[1], 1, ks, 1), groups=x.shape[1])
+
+
+def _images_of(data: Any, what: str) -> Batch:
+    if isinstance(data, Batch):
+        return data
+    if hasattr(data, "all") and hasattr(data, "batch"):  # an anoplug Dataset
+        return data.all()
+    raise TypeError(f"{what} must be an anoplug.Batch or Dataset, got {type(data).__name__}")
+
+
+class PBAS(FeatureGenerator):
+    """PBAS's boundary-guided feature synthesis plus its detector (projection, centres, discriminator).
+
+    ``generate_features`` turns projected patch features ``[B,D,h,w]`` into their anomalous
+    twins (no mask: every position gets a twin); ``fit`` builds the centres and trains
+    projection and discriminator on normal images; ``predict`` and ``evaluate`` use them.
+    """
+
+    name = "pbas"
+    title = "PBAS: progressive boundary-guided feature-level anomaly synthesis"
+    category = "feature"
+    tags = ()
+    paper = Paper("Progressive Boundary Guided Anomaly Synthesis for Industrial Anomaly Detection",
+                  "IEEE TCSVT", 2025, "https://arxiv.org/abs/2412.17458", "https://github.com/cqylunlun/PBAS")
+    Params = PBASParams
+    requires = Requires(fit=False, weights="wide_resnet50_2 (ImageNet) in the paper; efficientnet-lite0 offline")
+    version = "0.1.0"
+    params: PBASParams
+
+    def __init__(self, params: Params | dict | None = None, **kwargs: Any) -> None:
+        super().__init__(params, **kwargs)
+        p = self.params
+        self.layers = backbone_info(p.backbone).default_layers
+        self.projection = nn.Linear(p.target_dim, p.target_dim)
+        self.discriminator = Discriminator(p.target_dim, p.dsc_hidden)
+        g = torch.Generator().manual_seed(p.seed)
+        _xavier_init(self.projection, g)
+        _xavier_init(self.discriminator, g)
+        self.discriminator.eval()
+        self.centres: torch.Tensor | None = None
+        self._backbone: Backbone | None = None
+        self.history: list[dict] = []
+
+    # -- backbone and features --------------------------------------------------------------
+    @property
+    def backbone(self) -> Backbone:
+        if self._backbone is None:
+            self._backbone = get_backbone(self.params.backbone, pretrained=self.params.pretrained).to(self.device)
+        return self._backbone
+
+    def set_backbone(self, backbone: Backbone) -> PBAS:
+        """Inject an already-built backbone (e.g. one with weights from a local path)."""
+        if backbone.name != self.params.backbone:
+            raise ValueError(f"backbone {backbone.name!r} given, but params.backbone is {self.params.backbone!r}")
+        self._backbone = backbone.to(self.device)
+        return self
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"projection": self.projection, "discriminator": self.discriminator}
+
+    def extra_state(self) -> dict[str, torch.Tensor]:
+        return {} if self.centres is None else {"centres": self.centres}
+
+    def load_extra_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        unknown = set(tensors) - {"centres"}
+        if unknown:
+            raise ValueError(f"{self.name}: unexpected extra tensors {sorted(unknown)}")
+        self.centres = tensors.get("centres")
+
+    def to(self, device: str | torch.device) -> PBAS:
+        super().to(device)
+        if self._backbone is not None:
+            self._backbone.to(self.device)
+        if self.centres is not None:
+            self.centres = self.centres.to(self.device)
+        return self
+
+    def _resize(self, images: torch.Tensor) -> torch.Tensor:
+        s = self.params.image_size
+        if images.shape[-2:] == (s, s):
+            return images
+        return F.interpolate(images, size=(s, s), mode="bilinear", align_corners=False, antialias=True)
+
+    @torch.no_grad()
+    def features(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Patch features ``[B, h·w, D]`` (before the projection) of [0,1] images, and the grid ``(h, w)``."""
+        p = self.params
+        layers = list(self.backbone(self._resize(images.to(self.device)), self.layers).values())
+        return patch_features(layers, p.patch_size, p.pretrain_dim, p.target_dim)
+
+    # -- the generator ------------------------------------------------------------------------
+    def generate_features(self, features: torch.Tensor, *, generator: torch.Generator | None = None,
+                          seed: int | None = None, seeds: Sequence[int] | None = None) -> tuple[torch.Tensor, None]:
+        """Anomalous twins ``[B,D,h,w]`` of projected features ``[B,D,h,w]``; no mask (every position).
+
+        PBAS draws nothing at random: the seed arguments are accepted for the common API and
+        ignored. Without fitted centres, the centres are those the method would build from
+        this batch alone (its per-position mean). The push uses the batch-mean radius, so a
+        sample's twin depends on its batch — as in the paper.
+        """
+        resolve_seeds(len(features), generator=generator, seed=seed, seeds=seeds)  # validates the arguments only
+        if not isinstance(features, torch.Tensor) or features.ndim != 4:
+            raise ValueError(f"features must be a [B,D,h,w] tensor, got {getattr(features, 'shape', type(features))}")
+        b, d, h, w = features.shape
+        rows = features.detach().permute(0, 2, 3, 1).reshape(b, h * w, d)
+        centres = self.centres if self.centres is not None else build_centres([rows], self.params.centre_momentum)
+        if centres.shape[1] != d:
+            raise ValueError(f"features have {d} channels but the centres have {centres.shape[1]}")
+        twins, _, _ = synthesize_twins(rows.reshape(-1, d), centres.to(features.device), self.params.k)
+        return twins.reshape(b, h, w, d).permute(0, 3, 1, 2).contiguous(), None
+
+    # -- training -------------------------------------------------------------------------------
+    def fit(self, normals: Any, anomalies: Any = None, *, steps: int | None = None,
+            progress: Callable[[int, int, dict], None] | None = None) -> PBAS:
+        """Build the centres with the untrained projection, then train projection and discriminator."""
+        if anomalies is not None:
+            raise ValueError("PBAS is unsupervised: fit(normals) takes no anomalies")
+        p = self.params
+        steps = p.steps if steps is None else int(steps)
+        images = self._resize(_images_of(normals, "normals").image)
+        n = len(images)
+        feats = torch.cat([self.features(images[i:i + 16])[0] for i in range(0, n, 16)])  # frozen: compute once
+        g = torch.Generator().manual_seed(p.seed)
+        with torch.no_grad():
+            order = torch.randperm(n, generator=g)
+            self.centres = build_centres([self.projection(feats[order[i:i + p.batch_size]])
+                                          for i in range(0, n, p.batch_size)], p.centre_momentum)
+        opt_proj = torch.optim.Adam(self.projection.parameters(), lr=p.lr, weight_decay=1e-5)
+        opt_dsc = torch.optim.AdamW(self.discriminator.parameters(), lr=2 * p.lr)
+        self.projection.train()
+        self.discriminator.train()
+        try:
+            for step in range(steps):
+                idx = torch.randperm(n, generator=g)[:p.batch_size]
+                true = self.projection(feats[idx].reshape(-1, p.target_dim))
+                fake, radius, _ = synthesize_twins(true, self.centres, p.k)
+                scores = self.discriminator(torch.cat([true, fake]))
+                bce = F.binary_cross_entropy(scores[:len(true)], torch.zeros_like(scores[:len(true)])) + \
+                    F.binary_cross_entropy(scores[len(true):], torch.ones_like(scores[len(true):]))
+                loss = radius + bce
+                opt_proj.zero_grad(set_to_none=True)
+                opt_dsc.zero_grad(set_to_none=True)
+                loss.backward()
+                opt_proj.step()
+                opt_dsc.step()
+                info = {"loss": float(loss.detach()), "radius": float(radius.detach()), "bce": float(bce.detach())}
+                self.history.append(info)
+                if progress is not None:
+                    progress(step + 1, steps, info)
+        finally:
+            self.projection.eval()
+            self.discriminator.eval()
+        self._fitted = True
+        return self
+
+    # -- inference ----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def patch_scores(self, images: torch.Tensor) -> torch.Tensor:
+        """Discriminator scores on the patch grid, ``[B,1,h,w]``."""
+        feats, (h, w) = self.features(images)
+        scores = self.discriminator(self.projection(feats.reshape(-1, feats.shape[-1])))
+        return scores.reshape(len(images), 1, h, w)
+
+    @torch.no_grad()
+    def predict(self, images: Any, chunk: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+        """(anomaly maps ``[B,1,H,W]`` at the input size, image scores ``[B]`` = max patch score)."""
+        x = images if isinstance(images, torch.Tensor) else _images_of(images, "images").image
+        maps, scores = [], []
+        for i in range(0, len(x), chunk):
+            part = x[i:i + chunk]
+            s = self.patch_scores(part)
+            scores.append(s.flatten(1).amax(1).cpu())
+            up = F.interpolate(s, size=part.shape[-2:], mode="bilinear", align_corners=False)
+            maps.append(_gaussian_blur(up).cpu())
+        return torch.cat(maps), torch.cat(scores)
+
+    def evaluate(self, test: Any) -> dict[str, float]:
+        """Image AUROC/AP (max patch score, and max of the filtered map), pixel AUROC/AP, AU-PRO."""
+        from anoplug.metrics import auroc, average_precision, detection_metrics
+
+        batch = _images_of(test, "test")
+        maps, scores = self.predict(batch)
+        labels = torch.tensor([float(lab != "good") for lab in batch.label])
+        out = detection_metrics(maps, batch.mask, labels)
+        out["image_auroc_head"] = float(auroc(scores, labels))
+        out["image_ap_head"] = float(average_precision(scores, labels))
+        return out
