@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from anoplug.data.base import Dataset
 from anoplug.data.toy import CATEGORIES, ToyDataset, render_sample
 from anoplug.data.writer import write_generated
 from anoplug.generator import Generator
@@ -40,6 +41,20 @@ class _Identity(Generator):
         return batch.clone()
 
 
+class _Prerendered(Dataset):
+    """A toy source rendered once up front, so the writer's own cost (PNG, journal, renames) shows."""
+
+    def __init__(self, source: Dataset) -> None:
+        self.scheme, self.category, self.split, self.size = source.scheme, source.category, source.split, source.size
+        self._all = source.all()
+
+    def __len__(self) -> int:
+        return len(self._all)
+
+    def batch(self, indices):
+        return self._all[list(indices)]
+
+
 def bench_toy(size: int, per_category: int) -> dict:
     out = {}
     for cat, info in CATEGORIES.items():
@@ -58,17 +73,19 @@ def bench_toy(size: int, per_category: int) -> dict:
 
 def bench_writer(size: int, n: int, batch_size: int) -> dict:
     out = {}
-    gens = {"identity (writer + toy source only)": _Identity()}
+    gens = {"identity, prerendered source (writer alone)": (_Identity(), True),
+            "identity, toy source rendered on the fly": (_Identity(), False)}
     try:
         import anoplug
 
-        gens["draem"] = anoplug.get_generator("draem")
+        gens["draem, toy source rendered on the fly"] = (anoplug.get_generator("draem"), False)
     except Exception as e:  # the plugin may not be installed
         print(f"draem not available: {e}")
-    for label, gen in gens.items():
+    for label, (gen, prerender) in gens.items():
         tmp = Path(tempfile.mkdtemp(prefix="anoplug-bench-"))
         try:
             src = ToyDataset("metal", size=size)
+            src = _Prerendered(src) if prerender else src
             t0, c0 = time.perf_counter(), time.process_time()
             s = write_generated(gen, src, tmp, n=n, seed=0, batch_size=batch_size, n_train=0, progress=False)
             dt, cpu = time.perf_counter() - t0, time.process_time() - c0

@@ -70,8 +70,9 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 
 def _png_bytes(arr: np.ndarray) -> bytes:
+    """Lossless PNG; zlib level 3 encodes ~2.5x faster than PIL's default 6 for ~15 % more bytes."""
     buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG")
+    Image.fromarray(arr).save(buf, format="PNG", compress_level=3)
     return buf.getvalue()
 
 
