@@ -122,7 +122,8 @@ def install_placeholders(text_encoder: Any, tokenizer: Any, tokens: Sequence[str
     return wrapper
 
 
-def train_embeddings(parts: Any, latents: torch.Tensor, prompts: Sequence[str], params: Sequence[torch.Tensor], *,
+def train_embeddings(parts: Any, latents: torch.Tensor, prompts: Sequence[str] | Callable[[torch.Tensor], list[str]],
+                     params: Sequence[torch.Tensor], *,
                      steps: int, lr: float, batch_size: int, generator: torch.Generator,
                      loss_mask: torch.Tensor | None = None,
                      inject: Callable[[torch.Tensor], contextlib.AbstractContextManager] | None = None,
@@ -133,11 +134,13 @@ def train_embeddings(parts: Any, latents: torch.Tensor, prompts: Sequence[str], 
     ``loss_mask`` (``[N,1,h,w]`` at latent size) restricts the loss to the mask: prediction
     and target are both multiplied by it and the mean runs over all positions (as in
     AnomalyDiffusion). ``inject(indices)`` returns a context in which the text encoder sees
-    the per-sample vectors of those training items. All draws come from ``generator``.
+    the per-sample vectors of those training items. ``prompts`` is one prompt per item or a
+    callable ``indices -> prompts`` (e.g. a template drawn per step). All draws come from ``generator``.
     """
     n = len(latents)
-    if n == 0 or n != len(prompts):
-        raise ValueError(f"need as many prompts as latents, got {len(prompts)} for {n}")
+    if n == 0 or (not callable(prompts) and n != len(prompts)):
+        raise ValueError(f"need as many prompts as latents, got {0 if callable(prompts) else len(prompts)} for {n}")
+    prompt_of = prompts if callable(prompts) else (lambda idx: [prompts[int(i)] for i in idx])
     sched = parts.scheduler
     n_train = int(sched.config.num_train_timesteps)
     opt = torch.optim.Adam(list(params), lr=lr)
@@ -155,7 +158,7 @@ def train_embeddings(parts: Any, latents: torch.Tensor, prompts: Sequence[str], 
             x_t = sched.add_noise(z0, noise, t)
             ctx = inject(idx) if inject is not None else contextlib.nullcontext()
             with ctx:
-                cond = parts.encode_text([prompts[int(i)] for i in idx])
+                cond = parts.encode_text(prompt_of(idx))
             eps = parts.unet(x_t, t, encoder_hidden_states=cond).sample
             loss = F.mse_loss(eps * m, noise * m) if m is not None else F.mse_loss(eps, noise)
             opt.zero_grad(set_to_none=True)

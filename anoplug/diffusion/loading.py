@@ -31,6 +31,8 @@ LDM_DDIM: dict[str, Any] = {"timestep_spacing": "leading", "steps_offset": 1, "s
                             "clip_sample": False}
 
 Family = Literal["ldm", "sd"]
+#: untrained tiny pipelines for tests: SD layout (CLIP) and LDM layout (LDM-BERT).
+TINY_RANDOM = ("tiny-random", "tiny-random-ldm")
 SchedulerKind = Literal["ddim", "pndm", "ddpm", "dpm"]
 
 
@@ -73,7 +75,9 @@ def _offline() -> bool:
 def load_pipeline(model_id_or_dir: str | Path, *, scheduler: SchedulerKind = "ddim", family: Family | None = None,
                   device: str | torch.device = "cpu", torch_dtype: torch.dtype | None = None,
                   local_files_only: bool | None = None, **kwargs: Any) -> Any:
-    """Load a diffusers pipeline (hub id, local directory, or ``"tiny-base"``) with the right scheduler.
+    """Load a diffusers pipeline (hub id, local directory, ``"tiny-base"`` or ``"tiny-random[-ldm]"``).
+
+    The scheduler is replaced by the family's DDIM/PNDM/DDPM/DPM with the LDM β schedule.
 
     ``local_files_only`` defaults to ``HF_HUB_OFFLINE``; when the weights are not on this
     machine, raises one :class:`WeightsNotFoundError` that says how to get them.
@@ -85,6 +89,10 @@ def load_pipeline(model_id_or_dir: str | Path, *, scheduler: SchedulerKind = "dd
         from anoplug.diffusion.tiny import load_tiny_base
 
         pipe = load_tiny_base()
+    elif name in TINY_RANDOM:
+        from anoplug.diffusion import tiny
+
+        pipe = tiny.tiny_ldm_pipeline() if name.endswith("-ldm") else tiny.tiny_sd_pipeline()
     else:
         local = Path(name).expanduser()
         if local_files_only is None:

@@ -1,0 +1,492 @@
+"""AnomalyDiffusion (Hu et al., AAAI 2024): few-shot anomaly generation with a spatial anomaly embedding.
+
+A frozen text-to-image latent diffusion model is steered by the placeholder "*" in a
+prompt, which expands to 4 learned *appearance* vectors per anomaly type (e_a) followed by
+4 *spatial* vectors computed by a mask encoder from the anomaly mask (e_s). Only e_a and
+the encoder train, with the noise-prediction loss restricted to the mask. Generation
+denoises a normal image's latent with the background blended back before every DDIM step
+(η = 1, no guidance), so the anomaly appears inside the mask. Optionally, adaptive
+attention re-weighting (ARR) raises the cross-attention logits of the 8 tokens where the
+latent has moved least from the normal one. Masks come from a second, per-type textual
+inversion (16 tokens) trained on the mask images themselves.
+
+Real path: ``base_model="CompVis/ldm-text2im-large-256"`` (the LDM-BERT checkpoint of the
+paper, diffusers format). Offline default: the bundled tiny base model (``tiny-base``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from pydantic import Field
+
+from anoplug.generator import Generator, NotFittedError, Paper, Requires
+from anoplug.params import Params
+from anoplug.types import GOOD, Batch
+
+#: Prompt templates ("*" is the placeholder). The original samples from the 80 ``imagenet_templates_small``
+#: of textual inversion; these few follow the same pattern.
+TEMPLATES: tuple[str, ...] = ("a photo of a {}", "a rendering of a {}", "a cropped photo of the {}", "the photo of a {}",
+                              "a close-up photo of a {}", "a bright photo of the {}", "a good photo of a {}",
+                              "a photo of the small {}")
+
+APPEAR = "<ad_{}>"
+SPATIAL = "<sp_{}>"
+MASKTOK = "<mk_{}>"
+
+_PIPELINES: dict[str, Any] = {}
+
+
+def _pipeline(name: str) -> Any:
+    """Load each base model once per process (generators only inject vectors; they never mutate weights)."""
+    if name not in _PIPELINES:
+        from anoplug.diffusion.loading import load_pipeline
+
+        _PIPELINES[name] = load_pipeline(name)
+    return _PIPELINES[name]
+
+
+class AnomalyDiffusionParams(Params):
+    base_model: str = Field("tiny-base", description="'tiny-base' (bundled, offline), 'tiny-random', or a hub id / "
+                            "local dir, e.g. CompVis/ldm-text2im-large-256 (the paper's)")
+    resolution: int = Field(0, ge=0, le=1024, description="working size in px (0 = the base model's native size)")
+    appearance_tokens: int = Field(4, ge=1, le=16, description="learned appearance vectors e_a per anomaly type")
+    spatial_tokens: int = Field(4, ge=1, le=16, description="mask-derived spatial vectors e_s per sample")
+    init_word: str = Field("anomaly", description="word whose embedding initialises e_a")
+    encoder_width: int = Field(32, ge=4, le=512, description="channels of the mask (spatial) encoder")
+    lr: float = Field(2e-2, gt=0, le=1.0, description="Adam learning rate (5e-3 × batch 4, as scale_lr does)")
+    batch_size: int = Field(4, ge=1, le=64, description="training batch size")
+    fit_steps: int = Field(2000, ge=1, le=1_000_000, description="training steps of e_a + encoder (first checkpoint: 2000)")
+    augment: bool = Field(True, description="flips + small rotation with p=0.5 per batch (data_enhance)")
+    use_all_anomalies: bool = Field(False, description="train on all given anomalies (original: first N//3+1 per type)")
+    steps: int = Field(200, ge=1, le=1000, description="DDIM steps for image synthesis")
+    eta: float = Field(1.0, ge=0.0, le=1.0, description="DDIM eta for image synthesis")
+    blend: Literal["before", "after", "pixel_x0", "composite", "none"] = Field(
+        "before", description="when the normal background is blended back (original: before every step)")
+    latent_mask_threshold: float = Field(0.5, gt=0.0, lt=1.0, description="binarise the mask resized to latent size at")
+    adaptive_reweighting: bool = Field(False, description="ARR: re-weight cross-attention of the 8 tokens (use for textures)")
+    arr_radius: float = Field(0.25, ge=0.0, le=1.0, description="ARR dilation radius as a fraction of the latent side "
+                              "at t=0.9T (8 px of 32 in the original)")
+    arr_max_weight: float = Field(1.5, ge=1.0, le=10.0, description="ARR clamps weights to [1, this]")
+    arr_weight_bos: bool = Field(True, description="ARR also re-weights the BOS column (a quirk of the original)")
+    paste_background: bool = Field(True, description="paste the source pixels outside the mask bit-exactly")
+    anomaly_type: str = Field("", description="type to generate ('' = drawn per sample among the fitted types)")
+    mask_tokens: int = Field(16, ge=1, le=32, description="textual-inversion tokens of the mask model")
+    mask_init_word: str = Field("crack", description="word whose embedding initialises the mask tokens")
+    mask_fit_steps: int = Field(30001, ge=0, le=100_000, description="mask-model training steps (0 = no mask model)")
+    mask_steps: int = Field(100, ge=1, le=1000, description="DDIM steps for mask synthesis")
+    mask_eta: float = Field(1.0, ge=0.0, le=1.0, description="DDIM eta for mask synthesis")
+    mask_guidance: float = Field(5.0, ge=1.0, le=30.0, description="classifier-free guidance for mask synthesis")
+    mask_threshold: float = Field(0.8, gt=0.0, lt=1.0, description="channel mean above this is anomalous")
+    mask_attempts: int = Field(8, ge=1, le=100, description="masks drawn per sample until one passes the border check")
+
+
+class SpatialEncoder(nn.Module):
+    """Mask → spatial tokens. A small stand-in for the pSp encoder: strided convs keep *where* the mask is
+    (no global pooling), a linear layer maps the 4×4 feature map to the tokens."""
+
+    def __init__(self, n_tokens: int, dim: int, width: int = 32, size: int = 64) -> None:
+        super().__init__()
+        self.n_tokens, self.dim, self.size = n_tokens, dim, size
+        chans = [1, width // 2, width, width, width]
+        layers: list[nn.Module] = []
+        for a, b in zip(chans, chans[1:]):
+            layers += [nn.Conv2d(a, b, 3, stride=2, padding=1), nn.LeakyReLU(0.2)]
+        self.convs = nn.Sequential(*layers)  # 64 → 4
+        self.head = nn.Linear(width * 16, n_tokens * dim)
+
+    def forward(self, mask: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(mask.float(), size=(self.size, self.size), mode="bilinear", align_corners=False) * 2 - 1
+        return self.head(self.convs(x).flatten(1)).view(-1, self.n_tokens, self.dim)
+
+
+def arr_weights(x_t: torch.Tensor, z0: torch.Tensor, m: torch.Tensor, max_weight: float) -> torch.Tensor:
+    """Adaptive attention weights: large where the latent moved least from the normal one, in [1, max].
+
+    w′ = m̃/d with d the channel mean of (m̃·(x_t − z0))²; w = |m̃|·w′/Σw′, zeros → 1, clamp.
+    """
+    d = ((m * (x_t - z0)) ** 2).mean(1, keepdim=True)
+    w = torch.where(d > 0, m / d.clamp_min(1e-20), torch.zeros_like(d))
+    total = w.sum((2, 3), keepdim=True)
+    w = torch.where(total > 0, m.sum((2, 3), keepdim=True) * w / total.clamp_min(1e-20), torch.zeros_like(w))
+    return torch.where(w == 0, torch.ones_like(w), w).clamp(1.0, max_weight)
+
+
+def arr_radius(t: int, n_train: int, fraction: float, latent_side: int) -> int:
+    """Dilation radius: ⌊(t + 0.1·T)/T · fraction · side⌋ — (t+100)·8/1000 for a 32-px latent."""
+    return int(math.floor((t + 0.1 * n_train) / n_train * fraction * latent_side))
+
+
+def dilate(m: torch.Tensor, r: int) -> torch.Tensor:
+    return m if r <= 0 else F.max_pool2d(m, 2 * r + 1, stride=1, padding=r)
+
+
+def border_ok(mask: torch.Tensor) -> torch.Tensor:
+    """The original's ``check_mask``: reject masks with more than W/3 positives in any border row or column."""
+    h, w = mask.shape[-2:]
+    m = mask[:, 0]
+    rows = torch.stack([m[:, 0, :].sum(-1), m[:, -1, :].sum(-1), m[:, :, 0].sum(-1), m[:, :, -1].sum(-1)], -1)
+    return (rows <= w / 3).all(-1) & (m.sum((1, 2)) > 0)
+
+
+class AnomalyDiffusion(Generator):
+    """Few-shot: ``fit(normals, anomalies)`` on a few real defects per type, then ``generate(batch, mask=...)``."""
+
+    name = "anomalydiffusion"
+    title = "AnomalyDiffusion: spatial anomaly embedding + blended latent diffusion"
+    category = "diffusion-image"
+    tags = ("mask",)
+    paper = Paper("AnomalyDiffusion: Few-Shot Anomaly Image Generation with Diffusion Model", "AAAI", 2024,
+                  "https://arxiv.org/abs/2312.05767", "https://github.com/sjtuplayer/anomalydiffusion")
+    Params = AnomalyDiffusionParams
+    requires = Requires(fit=True, anomalies=True, weights="CompVis/ldm-text2im-large-256 (offline: tiny-base)")
+    preserves_outside_mask: ClassVar[bool] = True  # with paste_background (the default)
+
+    def __init__(self, params: Any = None, **kw: Any) -> None:
+        super().__init__(params, **kw)
+        self.types: list[str] = []
+        self.encoder: SpatialEncoder | None = None
+        self.appearance: torch.Tensor | None = None  # [n_types, n_a, D]
+        self.mask_vectors: torch.Tensor | None = None  # [n_types, n_m, D]
+        self.losses: dict[str, list[float]] = {}
+
+    # -- the frozen base model --------------------------------------------------------------
+    @property
+    def parts(self) -> Any:
+        from anoplug.diffusion.loading import Parts
+
+        parts = Parts.from_pipeline(_pipeline(self.params.base_model)).freeze()
+        p = self.params
+        tokens = [APPEAR.format(i) for i in range(p.appearance_tokens)] + [SPATIAL.format(i) for i in range(p.spatial_tokens)]
+        tokens += [MASKTOK.format(i) for i in range(p.mask_tokens)]
+        emb = parts.text_encoder
+        from anoplug.diffusion.inversion import PlaceholderEmbedding, embedding_slot, install_placeholders
+
+        owner, attr = embedding_slot(emb)
+        current = getattr(owner, attr)
+        if not isinstance(current, PlaceholderEmbedding) or not set(parts.tokenizer.convert_tokens_to_ids(tokens)) <= set(
+                current.ids.tolist()) or any(t not in parts.tokenizer.get_vocab() for t in tokens):
+            install_placeholders(emb, parts.tokenizer, tokens, self.params.init_word)
+        return parts
+
+    def _embedding(self, parts: Any) -> Any:
+        from anoplug.diffusion.inversion import embedding_slot
+
+        owner, attr = embedding_slot(parts.text_encoder)
+        return getattr(owner, attr)
+
+    def _size(self, parts: Any) -> int:
+        if self.params.resolution:
+            return self.params.resolution
+        return int(parts.unet.config.sample_size) * parts.vae_factor
+
+    def _ids(self, parts: Any, prefix: str, n: int) -> list[int]:
+        return parts.tokenizer.convert_tokens_to_ids([prefix.format(i) for i in range(n)])
+
+    def _star(self) -> str:
+        p = self.params
+        return " ".join([APPEAR.format(i) for i in range(p.appearance_tokens)]
+                        + [SPATIAL.format(i) for i in range(p.spatial_tokens)])
+
+    def _mask_star(self) -> str:
+        return " ".join(MASKTOK.format(i) for i in range(self.params.mask_tokens))
+
+    def _build(self, parts: Any, types: Sequence[str]) -> None:
+        p = self.params
+        dim = int(self._embedding(parts).base.weight.shape[1])
+        init = self._embedding(parts).base.weight[parts.tokenizer(p.init_word, add_special_tokens=False).input_ids[0]]
+        minit = self._embedding(parts).base.weight[parts.tokenizer(p.mask_init_word, add_special_tokens=False).input_ids[0]]
+        self.types = list(types)
+        self.appearance = init.detach().float().clone()[None, None].repeat(len(types), p.appearance_tokens, 1)
+        self.mask_vectors = minit.detach().float().clone()[None, None].repeat(len(types), p.mask_tokens, 1)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)  # the encoder's initial weights are part of the method's configuration
+            self.encoder = SpatialEncoder(p.spatial_tokens, dim, p.encoder_width)
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"encoder": self.encoder} if self.encoder is not None else {}
+
+    def extra_state(self) -> dict[str, torch.Tensor]:
+        if self.appearance is None:
+            return {}
+        return {"appearance": self.appearance, "mask_vectors": self.mask_vectors}
+
+    def load_extra_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        if tensors:
+            self.appearance, self.mask_vectors = tensors["appearance"].clone(), tensors["mask_vectors"].clone()
+
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "anomaly_types": self.types, "losses": {k: v[-5:] for k, v in self.losses.items()}}
+
+    @classmethod
+    def load(cls, directory: str | Path) -> AnomalyDiffusion:
+        from safetensors.torch import load_file
+
+        d = Path(directory)
+        if not (d / "config.json").is_file():
+            raise FileNotFoundError(f"no config.json in {d}")
+        cfg = json.loads((d / "config.json").read_text())
+        if cfg.get("name") != cls.name:
+            raise ValueError(f"{d / 'config.json'} holds generator {cfg.get('name')!r}, not {cls.name!r}")
+        obj = cls(**cfg.get("params", {}))
+        if cfg.get("anomaly_types"):
+            obj._build(obj.parts, cfg["anomaly_types"])
+            tensors = load_file(str(d / "weights.safetensors"))
+            obj.encoder.load_state_dict({k[8:]: v for k, v in tensors.items() if k.startswith("encoder.")})
+            obj.load_extra_state({k[6:]: v for k, v in tensors.items() if k.startswith("extra.")})
+        obj._fitted = bool(cfg.get("fitted", False))
+        return obj
+
+    # -- training ------------------------------------------------------------------------------
+    def _select(self, anomalies: Batch) -> list[int]:
+        """The first ⌊N/3⌋+1 images of each type by index (the original's split), or all of them."""
+        chosen: list[int] = []
+        for t in dict.fromkeys(anomalies.label):
+            idx = [i for i, lab in enumerate(anomalies.label) if lab == t]
+            chosen += idx if self.params.use_all_anomalies else idx[: len(idx) // 3 + 1]
+        return chosen
+
+    def _augment(self, g: torch.Generator) -> Callable:
+        """Per batch with p=0.5: flips (p=0.5 each) and a rotation by 0–20°, applied to latents and masks alike."""
+        def aug(z: torch.Tensor, m: torch.Tensor | None, idx: torch.Tensor) -> tuple:
+            if not self.params.augment or float(torch.rand(1, generator=g)) >= 0.5:
+                return z, m
+            n = len(z)
+            vf, hf = torch.rand(n, generator=g) < 0.5, torch.rand(n, generator=g) < 0.5
+            ang = torch.randint(0, 21, (n,), generator=g).float() * math.pi / 180
+            cos, sin = torch.cos(ang), torch.sin(ang)
+            sx, sy = torch.where(hf, -1.0, 1.0), torch.where(vf, -1.0, 1.0)
+            theta = torch.stack([torch.stack([cos * sx, -sin * sy, torch.zeros(n)], -1),
+                                 torch.stack([sin * sx, cos * sy, torch.zeros(n)], -1)], 1).to(z.device)
+            grid = F.affine_grid(theta, list(z.shape), align_corners=False)
+            z = F.grid_sample(z, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+            if m is not None:
+                m = (F.grid_sample(m, grid, mode="bilinear", padding_mode="zeros", align_corners=False) > 0.5).float()
+            return z, m
+        return aug
+
+    def fit(self, normals: Batch | None, anomalies: Batch | None = None, *, steps: int | None = None,
+            progress: Callable[[int, int, dict], None] | None = None, mask_steps: int | None = None,
+            seed: int = 0) -> AnomalyDiffusion:
+        """Learn e_a per type + the spatial encoder (masked loss), then the per-type mask model.
+
+        ``normals`` are not needed for training (generation takes them as input); ``steps`` and
+        ``mask_steps`` override ``fit_steps`` and ``mask_fit_steps``.
+        """
+        from anoplug.diffusion.inversion import train_embeddings
+
+        if anomalies is None or len(anomalies) == 0:
+            raise ValueError(f"{self.name}.fit needs anomalies (images, masks and labels of real defects)")
+        if not all(bool(anomalies.mask[i].any()) and anomalies.label[i] != GOOD for i in range(len(anomalies))):
+            raise ValueError(f"{self.name}.fit: every anomaly needs a non-empty mask and a defect label (not 'good')")
+        p = self.params
+        parts = self.parts
+        keep = self._select(anomalies)
+        data = anomalies[keep]
+        types = list(dict.fromkeys(data.label))
+        self._build(parts, types)
+        size = self._size(parts)
+        g = torch.Generator().manual_seed(seed)
+        img = F.interpolate(data.image, size=(size, size), mode="bicubic", align_corners=False).clamp(0, 1)
+        pix_mask = (F.interpolate(data.mask, size=(size, size), mode="bilinear", align_corners=False) > 0.5).float()
+        with torch.no_grad():
+            z0 = parts.encode_image(img)
+            mask_rgb = parts.encode_image(pix_mask.expand(-1, 3, -1, -1))
+        lat_mask = self._latent_mask(pix_mask, z0.shape[-2:])
+        type_idx = torch.tensor([types.index(t) for t in data.label])
+        emb = self._embedding(parts)
+        ids = self._ids(parts, APPEAR, p.appearance_tokens) + self._ids(parts, SPATIAL, p.spatial_tokens)
+        appearance = nn.Parameter(self.appearance.clone())
+        self.encoder.train()
+
+        def inject(idx: torch.Tensor):
+            vec = torch.cat([appearance[type_idx[idx]], self.encoder(pix_mask[idx])], 1)
+            return emb.injected(vec, ids)
+
+        star = self._star()
+        prompts = lambda idx: [TEMPLATES[int(j)].format(star) for j in torch.randint(0, len(TEMPLATES), (len(idx),), generator=g)]
+        n_steps = p.fit_steps if steps is None else int(steps)
+        self.losses["image"] = train_embeddings(parts, z0, prompts, [appearance, *self.encoder.parameters()],
+                                                steps=n_steps, lr=p.lr, batch_size=p.batch_size, generator=g,
+                                                loss_mask=lat_mask, inject=inject, augment=self._augment(g),
+                                                progress=progress)
+        self.encoder.eval()
+        self.appearance = appearance.detach().clone()
+        self._fit_mask_model(parts, mask_rgb, data.label, g, p.mask_fit_steps if mask_steps is None else int(mask_steps),
+                             progress)
+        self._fitted = True
+        return self
+
+    def _fit_mask_model(self, parts: Any, mask_latents: torch.Tensor, labels: Sequence[str], g: torch.Generator,
+                        steps: int, progress: Callable | None) -> None:
+        """One textual inversion (``mask_tokens`` vectors, unmasked loss) per type on its mask images."""
+        from anoplug.diffusion.inversion import train_embeddings
+
+        emb = self._embedding(parts)
+        ids = self._ids(parts, MASKTOK, self.params.mask_tokens)
+        self.losses["mask"] = []
+        if steps <= 0:
+            return
+        for k, t in enumerate(self.types):
+            idx = [i for i, lab in enumerate(labels) if lab == t]
+            vec = nn.Parameter(self.mask_vectors[k].clone())
+            star = self._mask_star()
+            prompts = lambda sel, star=star: [TEMPLATES[int(j)].format(star)
+                                              for j in torch.randint(0, len(TEMPLATES), (len(sel),), generator=g)]
+            inject = lambda sel, vec=vec: emb.injected(vec[None].expand(len(sel), -1, -1), ids)
+            self.losses["mask"] += train_embeddings(parts, mask_latents[idx], prompts, [vec], steps=steps, lr=self.params.lr,
+                                                    batch_size=self.params.batch_size, generator=g, inject=inject,
+                                                    progress=progress)
+            self.mask_vectors[k] = vec.detach()
+
+    def _latent_mask(self, pix_mask: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+        m = F.interpolate(pix_mask.float(), size=tuple(size), mode="area")
+        return (m > self.params.latent_mask_threshold).float()
+
+    # -- generation ---------------------------------------------------------------------------
+    def sample(self, batch: Batch, rngs: Sequence[torch.Generator]) -> list[dict]:
+        """Per sample: the anomaly type and the prompt template (noise is drawn later from the same rng)."""
+        if not self.types:
+            raise NotFittedError(f"{self.name} has no fitted anomaly types")
+        out = []
+        for g in rngs:
+            if self.params.anomaly_type:
+                if self.params.anomaly_type not in self.types:
+                    raise ValueError(f"anomaly_type {self.params.anomaly_type!r} was not fitted; known: {self.types}")
+                t = self.params.anomaly_type
+            else:
+                t = self.types[int(torch.randint(0, len(self.types), (1,), generator=g))]
+            out.append({"anomaly_type": t, "template": int(torch.randint(0, len(TEMPLATES), (1,), generator=g))})
+        return out
+
+    @torch.no_grad()
+    def generate_masks(self, types: Sequence[str], rngs: Sequence[torch.Generator], size: int) -> tuple[torch.Tensor, list[int]]:
+        """Masks from the mask model: DDIM (η=1) with CFG against "", channel mean > threshold, border check."""
+        from anoplug.diffusion.blend import blended_sample
+
+        p = self.params
+        parts = self.parts
+        emb = self._embedding(parts)
+        ids = self._ids(parts, MASKTOK, p.mask_tokens)
+        vec = torch.stack([self.mask_vectors[self.types.index(t)] for t in types])
+        lat = parts.unet.config.sample_size if not p.resolution else p.resolution // parts.vae_factor
+        shape = (len(types), parts.unet.config.in_channels, lat, lat)
+        uncond = parts.encode_text([""] * len(types))
+        out = torch.zeros(len(types), 1, size, size)
+        attempts = [0] * len(types)
+        todo = list(range(len(types)))
+        for _ in range(p.mask_attempts):
+            if not todo:
+                break
+            sub = [rngs[i] for i in todo]
+            prompts = [TEMPLATES[int(torch.randint(0, len(TEMPLATES), (1,), generator=g))].format(self._mask_star()) for g in sub]
+            with emb.injected(vec[todo], ids):
+                cond = parts.encode_text(prompts)
+            unc = uncond[todo]
+
+            def denoise(x: torch.Tensor, t: torch.Tensor, i: int, ctx: torch.Tensor = torch.cat([unc, cond])) -> torch.Tensor:
+                eu, ec = parts.unet(torch.cat([x, x]), t, encoder_hidden_states=ctx).sample.chunk(2)
+                return eu + p.mask_guidance * (ec - eu)
+
+            z = blended_sample(denoise, parts.scheduler, torch.zeros(len(todo), *shape[1:]), torch.ones(len(todo), 1, *shape[2:]),
+                               rngs=sub, num_steps=p.mask_steps, eta=p.mask_eta, mode="none")
+            img = F.interpolate(parts.decode(z), size=(size, size), mode="bilinear", align_corners=False)
+            m = (img.mean(1, keepdim=True) > p.mask_threshold).float()
+            ok = border_ok(m)
+            for j, i in enumerate(todo):
+                attempts[i] += 1
+                out[i] = m[j]
+            todo = [i for j, i in enumerate(todo) if not bool(ok[j])]
+        for i in todo:  # no attempt passed: keep nothing rather than a mask the original would have rejected
+            out[i] = 0
+        return out, attempts
+
+    @torch.no_grad()
+    def apply(self, batch: Batch, samples: list[dict], mask: torch.Tensor | None = None,
+              rngs: Sequence[torch.Generator] | None = None, **conditions: Any) -> Batch:
+        raise NotImplementedError("AnomalyDiffusion draws noise inside its sampling loop; call generate()")
+
+    @torch.no_grad()
+    def _generate(self, batch: Batch, rngs: Sequence[torch.Generator], mask: torch.Tensor | None = None,
+                  **conditions: Any) -> tuple[Batch, list[dict]]:
+        from anoplug.diffusion.attention import AttentionState, attention_processors
+        from anoplug.diffusion.blend import blended_sample, finish
+
+        if conditions:
+            raise TypeError(f"{self.name}.generate got unknown conditions {sorted(conditions)}; it accepts mask=")
+        p = self.params
+        samples = self.sample(batch, rngs)
+        parts = self.parts
+        size = self._size(parts)
+        h, w = batch.size
+        n = len(batch)
+        types = [s["anomaly_type"] for s in samples]
+        if mask is None:
+            if p.mask_fit_steps == 0:
+                raise ValueError(f"{self.name}: pass mask= (no mask model was trained: mask_fit_steps=0)")
+            work_mask, attempts = self.generate_masks(types, rngs, size)
+            for s, a in zip(samples, attempts):
+                s["mask_attempts"] = a
+            out_mask = (F.interpolate(work_mask, size=(h, w), mode="bilinear", align_corners=False) > 0.5).float()
+        else:
+            out_mask = self._check_mask(mask, n, h, w)
+            work_mask = (F.interpolate(out_mask, size=(size, size), mode="bilinear", align_corners=False) > 0.5).float()
+        img = F.interpolate(batch.image, size=(size, size), mode="bicubic", align_corners=False).clamp(0, 1)
+        z0 = parts.encode_image(img)
+        lat_mask = self._latent_mask(work_mask, z0.shape[-2:])
+        emb = self._embedding(parts)
+        ids = self._ids(parts, APPEAR, p.appearance_tokens) + self._ids(parts, SPATIAL, p.spatial_tokens)
+        vec = torch.cat([self.appearance[[self.types.index(t) for t in types]], self.encoder(work_mask)], 1)
+        prompts = [TEMPLATES[s["template"]].format(self._star()) for s in samples]
+        token_ids = parts.tokenize(prompts)
+        with emb.injected(vec, ids):
+            cond = parts.encode_text(token_ids)
+        cols = torch.isin(token_ids, torch.tensor(ids, device=token_ids.device))
+        if p.arr_weight_bos:
+            cols[:, 0] = True
+        state = AttentionState(tokens=cols, latent_size=tuple(z0.shape[-2:]))
+        n_train = int(parts.scheduler.config.num_train_timesteps)
+        current: dict[str, torch.Tensor] = {}
+
+        def mask_at(i: int, t: int) -> torch.Tensor:
+            if not p.adaptive_reweighting:
+                return lat_mask
+            current["m"] = dilate(lat_mask, arr_radius(t, n_train, p.arr_radius, int(z0.shape[-1])))
+            return current["m"]
+
+        def denoise(x: torch.Tensor, t: torch.Tensor, i: int) -> torch.Tensor:
+            if p.adaptive_reweighting:
+                state.weight = arr_weights(x, z0, current["m"], p.arr_max_weight)
+            return parts.unet(x, t, encoder_hidden_states=cond).sample
+
+        with attention_processors(parts.unet, state, reweight=(lambda name: p.adaptive_reweighting)):
+            state.capture = False
+            z = blended_sample(denoise, parts.scheduler, z0, mask_at, rngs=rngs, num_steps=p.steps, eta=p.eta, mode=p.blend,
+                               decode=parts.decode, encode=parts.encode_image, source=img, pixel_mask=work_mask)
+        gen = parts.decode(z)
+        gen = F.interpolate(gen, size=(h, w), mode="bicubic", align_corners=False).clamp(0, 1) if (h, w) != (size, size) else gen
+        out = finish(gen, batch.image, out_mask, mode=p.blend, paste=p.paste_background)
+        labels = [t if bool(out_mask[i].any()) else GOOD for i, t in enumerate(types)]
+        result = Batch(image=out.float().contiguous(), mask=out_mask, label=labels, meta=[dict(m) for m in batch.meta],
+                       object_mask=batch.object_mask, depth=batch.depth, text=batch.text)
+        return result, samples
+
+    @staticmethod
+    def _check_mask(mask: Any, n: int, h: int, w: int) -> torch.Tensor:
+        if not isinstance(mask, torch.Tensor):
+            raise TypeError(f"mask must be a torch.Tensor [B,1,H,W], got {type(mask).__name__}")
+        m = mask.float()
+        if m.ndim == 3:
+            m = m[:, None]
+        if m.shape[0] == 1 and n > 1:
+            m = m.expand(n, -1, -1, -1)
+        if tuple(m.shape) != (n, 1, h, w):
+            raise ValueError(f"mask must be [{n},1,{h},{w}] like the batch, got {tuple(mask.shape)}")
+        return (m > 0.5).float()

@@ -1,0 +1,139 @@
+"""AnomalyDiffusion: conformance on a tiny random LDM-style stack, plus one test per mechanism."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from anoplug.testing import GeneratorConformance, make_toy_batch
+from anoplug.types import Batch
+
+pytest.importorskip("diffusers")
+
+from anoplug_anomalydiffusion import anomalydiffusion as AD  # noqa: E402
+
+FAST = {"base_model": "tiny-random", "steps": 4, "mask_steps": 3, "batch_size": 2, "fit_steps": 3, "mask_fit_steps": 2}
+
+
+def toy_anomalies(n_per_type: int = 3) -> Batch:
+    b = make_toy_batch(2 * n_per_type, 64, seed=7)
+    b.mask[: n_per_type, :, 16:40, 20:30] = 1  # "scratch": a tall bar
+    b.mask[n_per_type:, :, 30:50, 30:50] = 1  # "stain": a square
+    b.image = torch.where(b.mask.bool().expand_as(b.image), b.image * 0.3, b.image)
+    b.label = ["scratch"] * n_per_type + ["stain"] * n_per_type
+    return b
+
+
+def fitted(**params) -> AD.AnomalyDiffusion:
+    return AD.AnomalyDiffusion(**{**FAST, **params}).fit(None, toy_anomalies())
+
+
+def centre_mask(size: int = 64) -> torch.Tensor:
+    m = torch.zeros(1, 1, size, size)
+    m[..., 20:44, 16:40] = 1
+    return m
+
+
+class TestAnomalyDiffusionConformance(GeneratorConformance):
+    generator_name = "anomalydiffusion"
+    generator_class = AD.AnomalyDiffusion
+    params = FAST
+    bad_params = {"steps": 0, "eta": 1.5, "blend": "sideways", "arr_max_weight": 0.5}
+    entry_module = "anoplug_anomalydiffusion.plugin"
+    conditions = {"mask": centre_mask()}
+
+    def make_generator(self):
+        return fitted()
+
+
+def test_arr_weights_in_range_inside_and_one_outside():
+    g = torch.Generator().manual_seed(0)
+    m = torch.zeros(2, 1, 16, 16)
+    m[..., 4:12, 4:12] = 1
+    z0 = torch.randn(2, 4, 16, 16, generator=g)
+    x = z0 + torch.randn(2, 4, 16, 16, generator=g) * torch.linspace(0.1, 2, 16)  # moved more to the right
+    w = AD.arr_weights(x, z0, m, 1.5)
+    assert torch.equal(w[m == 0], torch.ones_like(w[m == 0]))
+    inside = w[m == 1]
+    assert float(inside.min()) >= 1.0 and float(inside.max()) <= 1.5 and float(inside.max()) > 1.0
+    # less movement → larger weight: the left of the mask outweighs its right
+    assert float(w[..., 4:12, 4:6].mean()) > float(w[..., 4:12, 10:12].mean())
+    assert torch.equal(AD.arr_weights(x, z0, torch.zeros_like(m), 1.5), torch.ones_like(m))
+
+
+def test_arr_radius_matches_original_constants():
+    assert AD.arr_radius(900, 1000, 0.25, 32) == 8  # (900+100)·8/1000
+    assert AD.arr_radius(0, 1000, 0.25, 32) == 0
+    assert AD.arr_radius(996, 1000, 0.25, 16) == 4  # scaled to a 16-px latent
+    m = torch.zeros(1, 1, 9, 9)
+    m[..., 4, 4] = 1
+    assert int(AD.dilate(m, 2).sum()) == 25
+
+
+def test_arr_reweights_every_cross_attention_layer(monkeypatch):
+    from anoplug.diffusion import attention as A
+
+    calls: list[tuple[str, bool]] = []
+    orig = A.AnoplugAttnProcessor.__call__
+
+    def spy(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
+            anoplug_weight=None, anoplug_tokens=None):
+        calls.append((self.name, self.reweight and self.state.weight is not None))
+        return orig(self, attn, hidden_states, encoder_hidden_states, attention_mask, temb, anoplug_weight, anoplug_tokens)
+
+    monkeypatch.setattr(A.AnoplugAttnProcessor, "__call__", spy)
+    gen = fitted(adaptive_reweighting=True, mask_fit_steps=0)
+    b = make_toy_batch(2, 64)
+    with_arr = gen.generate(b, seed=0, mask=centre_mask())
+    layers = A.cross_attention_layers(gen.parts.unet)
+    assert {n for n, active in calls if active} == set(layers)
+    gen.params.adaptive_reweighting = False
+    calls.clear()
+    without = gen.generate(b, seed=0, mask=centre_mask())
+    assert not any(active for _, active in calls)
+    assert (with_arr.image - without.image).abs().max() > 1e-4, "ARR had no effect"
+
+
+def test_spatial_tokens_follow_the_mask_and_training_subset():
+    gen = fitted()
+    a, b = torch.zeros(1, 1, 64, 64), torch.zeros(1, 1, 64, 64)
+    a[..., :20, :20] = 1
+    b[..., 40:, 40:] = 1
+    with torch.no_grad():
+        assert (gen.encoder(a) - gen.encoder(b)).abs().max() > 1e-4
+    assert gen.appearance.shape[:2] == (2, 4) and gen.mask_vectors.shape[:2] == (2, 16)
+    anomalies = toy_anomalies(n_per_type=6)
+    assert gen._select(anomalies) == [0, 1, 2, 6, 7, 8]  # first N//3+1 of each type
+
+
+def test_background_kept_and_inside_changed():
+    gen = fitted()
+    b = make_toy_batch(2, 64)
+    out = gen.generate(b, seed=3, mask=centre_mask())
+    m = out.mask.bool().expand_as(out.image)
+    assert torch.equal(out.image[~m], b.image[~m])
+    assert float((out.image - b.image).abs()[m].mean()) > 0.01
+    assert out.label == [out.meta[i]["sample"]["anomaly_type"] for i in range(2)]
+
+
+def test_generated_masks_pass_the_border_check():
+    gen = fitted()
+    out = gen.generate(make_toy_batch(3, 64), seed=5)
+    for i in range(3):
+        if out.label[i] != "good":
+            assert bool(AD.border_ok(out.mask[i : i + 1])[0])
+        assert out.meta[i]["sample"]["mask_attempts"] >= 1
+    edge = torch.zeros(1, 1, 30, 30)
+    edge[..., 0, :] = 1
+    assert not bool(AD.border_ok(edge)[0]) and not bool(AD.border_ok(torch.zeros(1, 1, 30, 30))[0])
+
+
+def test_bad_inputs_are_named():
+    gen = fitted()
+    with pytest.raises(ValueError, match=r"mask must be \[2,1,64,64\]"):
+        gen.generate(make_toy_batch(2, 64), seed=0, mask=torch.ones(3, 1, 64, 64))
+    with pytest.raises(ValueError, match="anomalies"):
+        AD.AnomalyDiffusion(**FAST).fit(make_toy_batch(2, 64), None)
+    gen.params.anomaly_type = "dent"
+    with pytest.raises(ValueError, match="'dent' was not fitted"):
+        gen.generate(make_toy_batch(1, 64), seed=0, mask=centre_mask())
