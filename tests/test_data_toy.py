@@ -116,3 +116,16 @@ def test_index_and_label_errors() -> None:
         render("metal", "test", 0, label="dent")
     with pytest.raises(DataError, match="unknown data source"):
         open_dataset("toys:metal")
+
+
+def test_sample_sheet_tool_builds_a_grid() -> None:
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "tools" / "make_sample_sheet.py"
+    spec = importlib.util.spec_from_file_location("make_sample_sheet", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    sheet = mod.make_sheet(size=32, tile=24)
+    assert sheet.dtype == np.uint8 and sheet.ndim == 3
+    assert sheet.shape[0] > len(CATEGORIES) * 24 and sheet.shape[1] > 6 * 24

@@ -124,7 +124,8 @@ def _caption(out: Batch, src: Batch, k: int, label: str, method: str) -> str:
         return out.text[k]
     if label == GOOD and src.text is not None:
         return src.text[k]
-    return f"a synthetic {label.replace('_', ' ')} anomaly made by {method}"
+    kind = "" if label == _safe_label(method) else f"{label.replace('_', ' ')} "
+    return f"a synthetic {kind}anomaly made by {method}"
 
 
 def _clean_temporaries(root: Path) -> None:
