@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from PIL import Image
 
 from anoplug.data import toy_defects as D
 from anoplug.data.base import DataError, Dataset
@@ -60,6 +61,7 @@ CATEGORIES: dict[str, dict] = {
 DEFAULT_LENGTH = {"train": 64, "test": 48}
 
 _SPLITS = ("train", "test")
+_MIN_DRAW = 128  # smaller images are rendered at this size and area-downsampled
 
 
 def _rng(category: str, split: str, index: int, seed: int) -> np.random.Generator:
@@ -326,21 +328,33 @@ def render_sample(category: str, split: str = "train", index: int = 0, seed: int
     if label != GOOD and label not in info["defects"]:
         raise DataError(f"toy category {category!r} has no defect {label!r}; it has {', '.join(info['defects'])}")
     rng = _rng(category, split, index, seed)
+    draw = max(size, _MIN_DRAW)
     if category == "tray":
         from anoplug.data.toy_tray import render_tray
 
-        scene, phrase = render_tray(rng, size, label)
+        scene, phrase = render_tray(rng, draw, label)
     else:
-        scene = _RENDER[category](rng, size)
+        scene = _RENDER[category](rng, draw)
         phrase = "" if label == GOOD else D.apply_defect(label, rng, scene, category)
     image, depth = scene.finish()
     mask = (scene.mask > 0.5).astype(np.float32)
+    obj = scene.object_mask
+    if draw != size:  # small images are area-averaged thumbnails of a 128-pixel rendering (no moire)
+        image = np.stack([_shrink(image[..., c], size) for c in range(3)], -1)
+        depth = None if depth is None else _shrink(depth, size)
+        obj = None if obj is None else (_shrink(obj, size) >= 0.5).astype(np.float32)
+        mask = (_shrink(mask, size) > 0.2).astype(np.float32)  # a defect pixel stays a defect pixel
     text = _GOOD_CAPTION[category] if label == GOOD else f"{phrase} {D.preposition(label)} {info['material']}"
     return ToySample(image=image, mask=mask, label=label, text=text,
-                     object_mask=scene.object_mask if info["kind"] in ("object", "logical") else None,
+                     object_mask=obj if info["kind"] in ("object", "logical") else None,
                      depth=depth if scene.depth_output else None,
                      meta={"source": f"toy:{category}/{split}/{index}", "category": category, "split": split,
                            "index": index, "seed": seed})
+
+
+def _shrink(a: np.ndarray, size: int) -> np.ndarray:
+    """Area-average an ``[n, n]`` float map down to ``size x size``."""
+    return np.asarray(Image.fromarray(a.astype(np.float32)).resize((size, size), Image.BOX), dtype=np.float32)
 
 
 _GOOD_CAPTION = {
