@@ -172,11 +172,11 @@ def test_sigkill_then_resume_is_byte_identical(tmp_path: Path) -> None:
     killed = tmp_path / "killed"
     script = tmp_path / "run.py"
     script.write_text(_RUN.format(repo=str(Path(__file__).resolve().parents[1])))
-    env = dict(os.environ, BOXGEN_DELAY="0.15", OMP_NUM_THREADS="1")
+    env = dict(os.environ, BOXGEN_DELAY="0.25", OMP_NUM_THREADS="1")  # ~5 s of generation left to interrupt
     proc = subprocess.Popen([sys.executable, str(script), str(killed)], env=env)
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and len(list(killed.glob("metal/test/*/*.png"))) < 8:
+        deadline = time.monotonic() + 180  # importing torch on a busy shared machine can be slow
+        while time.monotonic() < deadline and len(list(killed.glob("metal/test/*/*.png"))) < 6:
             assert proc.poll() is None, "the writer finished or died before it could be killed"
             time.sleep(0.02)
         proc.send_signal(signal.SIGKILL)
@@ -184,7 +184,7 @@ def test_sigkill_then_resume_is_byte_identical(tmp_path: Path) -> None:
         proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
     written = len(list(killed.glob("metal/test/*/*.png")))
-    assert 8 <= written < 40, written
+    assert 6 <= written < 40, written
     assert not (killed / "metal" / MANIFEST).exists()  # the manifest only appears when a run completes
 
     resumed = write_generated(BoxGenerator(), _source(), killed, n=40, seed=5, batch_size=8, n_train=6, progress=False)
