@@ -195,3 +195,20 @@ def test_sigkill_then_resume_is_byte_identical(tmp_path: Path) -> None:
 def test_n_train_is_capped_by_the_source(tmp_path: Path) -> None:
     s = write_generated(BoxGenerator(), _source(), tmp_path, n=2, n_train=100, progress=False)
     assert len(list((s.root / "train" / "good").glob("*.png"))) == len(_source())
+
+
+def test_resume_from_torn_journal_and_leftover_temporaries(tmp_path: Path) -> None:
+    """The states a kill can leave, built on purpose: a torn journal line, a temp file, an unjournalled image."""
+    clean = write_generated(BoxGenerator(), _source(), tmp_path / "clean", n=6, seed=4, progress=False)
+    crashed = write_generated(BoxGenerator(), _source(), tmp_path / "crashed", n=6, seed=4, progress=False)
+    lines = crashed.manifest.read_text().splitlines(keepends=True)
+    crashed.manifest.unlink()
+    (crashed.root / JOURNAL).write_text("".join(lines[:3]) + lines[3][: len(lines[3]) // 2])
+    (crashed.root / "test" / "good" / "000005.png.anoplug-tmp").write_bytes(b"half a png")
+    for line in lines[4:]:  # images on disk whose journal lines never made it
+        rec = json.loads(line)
+        if rec["mask"]:
+            (crashed.root / rec["mask"]).unlink()
+    resumed = write_generated(BoxGenerator(), _source(), tmp_path / "crashed", n=6, seed=4, progress=False)
+    assert resumed.written == 3 and resumed.skipped == 3
+    assert _tree(crashed.root) == _tree(clean.root)
