@@ -144,7 +144,18 @@ def hole(rng: np.random.Generator, sc: Scene, category: str) -> str:
     sc.albedo = sc.albedo * (1 + 0.35 * (rim * lit)[..., None] - 0.25 * rim[..., None])
     if sc.height is not None:
         sc.height = sc.height - 0.05 * inside
+    frayed = category in ("fabric", "carpet")
+    if frayed:  # torn fibres hang from the edge into the opening
+        colour = sc.albedo[~(inside > 0.5)].mean(0) * 1.1
+        strands = []
+        for k in rng.integers(0, len(poly), int(rng.integers(8, 15))):
+            inward = np.arctan2(centre[1] - poly[k][1], centre[0] - poly[k][0]) + rng.normal(0, 0.5)
+            strands.append(_walk(rng, poly[k], 5, radius * rng.uniform(0.06, 0.14), 0.25, angle=inward))
+        fibres = draw_lines(n, strands, max(1.0, 0.9 * _scale(sc))) * inside
+        sc.albedo = sc.albedo * (1 - fibres[..., None]) + fibres[..., None] * colour
     _mark(sc, inside, 0.3, grow=max(1, n // 128))
+    if frayed:
+        return "a frayed hole"
     return "a ragged hole" if rough > 0.35 else "a small round hole"
 
 
