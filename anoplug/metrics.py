@@ -119,6 +119,8 @@ def f1_max(scores: Any, labels: Any) -> float:
 def f1_max_grid(scores: Any, labels: Any, thresholds: Any = None) -> float:
     """AnomalyDiffusion's coarse pixel F1-max: thresholds 0, 0.05, ..., 1, a pixel is positive if score >= t."""
     s, y = _scores_labels(scores, labels)
+    if y.sum() == 0 or y.sum() == y.size:
+        raise ValueError("F1 needs both positive and negative samples")
     t = np.linspace(0.0, 1.0, 21) if thresholds is None else _np(thresholds).ravel()
     # Count per threshold through one sort instead of len(t) passes over the pixels.
     order = np.argsort(s, kind="mergesort")
@@ -238,12 +240,13 @@ def binarize_resized_mask(mask: Any, size: tuple[int, int] | int) -> np.ndarray:
 
 
 def detection_metrics(anomaly_maps: Any, gt_masks: Any, image_labels: Any = None, *, filter_size: int = 21,
-                      pro_limit: float = 0.3, pro_thresholds: int = 100) -> dict[str, float]:
+                      pro_limit: float = 0.3, pro_thresholds: int = 100, pixel_f1: str = "exact") -> dict[str, float]:
     """All seven detection metrics of :data:`DETECTION_METRICS` for one category's test set.
 
     ``anomaly_maps`` [B,1,H,W] (or [B,H,W]) are per-pixel scores, ``gt_masks`` binary masks of the
     same shape; ``image_labels`` (1 = anomalous) default to "mask has any positive pixel".
     Metrics that are undefined (e.g. no anomalous image) come back as NaN rather than raising.
+    ``pixel_f1="grid"`` uses AnomalyDiffusion's thresholds 0, 0.05, ..., 1 (scores in [0, 1]).
     """
     maps = _np(anomaly_maps)
     gts = _np(gt_masks)
@@ -269,6 +272,6 @@ def detection_metrics(anomaly_maps: Any, gt_masks: Any, image_labels: Any = None
         "image_f1max": safe(f1_max, img, labels),
         "pixel_auroc": safe(auroc, maps, gts),
         "pixel_ap": safe(average_precision, maps, gts),
-        "pixel_f1max": safe(f1_max, maps, gts),
+        "pixel_f1max": safe(f1_max_grid, maps, gts) if pixel_f1 == "grid" else safe(f1_max, maps, gts),
         "au_pro": safe(au_pro, maps, gts, integration_limit=pro_limit, num_thresholds=pro_thresholds),
     }

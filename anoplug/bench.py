@@ -1,0 +1,442 @@
+"""``anoplug bench``: run generators x evaluators on real data and answer "which anomalies help my detector?".
+
+For every category of ``--data`` the engine
+
+1. loads the normal training images and the real test set, and splits the real defects the
+   AnomalyDiffusion way: the first ⌊n/3⌋ of each defect type are *reference shots* (cluster
+   centres for IC-LPIPS, the real side of KID), the rest plus every good image is the
+   *held-out* test set of the downstream detector — no real defect is both reference and test;
+2. generates ``n_synthetic`` anomalies per generator and seed (normals cycled as sources,
+   sample *i* seeded from ``(seed, i)``), cached under ``OUT/cache`` by a hash of everything
+   that determines them;
+3. runs each evaluator with the inputs its kind needs (``per_sample``: the source normals;
+   ``set``: the reference shots; ``downstream``: training normals + held-out test set);
+4. writes ``results.json`` (config, every metric of every run, timings), ``results.md``
+   (mean ± std over seeds per category, the average over categories, and the Spearman
+   correlation between intrinsic and detection metrics across generators) and two plots.
+
+ASBench's other axes ride on the same engine: ``ratios`` sweeps the per-sample synthetic
+probability p of the detector's training set, and a generator named ``a+b`` is the equal
+mixture of ``a`` and ``b`` (the ``hybrid`` generator of ``anoplug-asbench``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import platform
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["BenchConfig", "BenchError", "run_bench", "split_shots", "spearman", "parse_data", "CPU_UTILITY",
+           "DEFAULT_EVALUATORS", "write_outputs"]
+
+DEFAULT_EVALUATORS = ("mask-precision", "ic-lpips", "kid", "downstream-utility")
+#: The CPU-sized downstream detector the bench uses by default (the paper's values are the evaluator's defaults).
+CPU_UTILITY: dict[str, Any] = {"steps": 300, "base_width": 8, "lr": 1e-3, "batch_size": 8}
+#: Evaluator params the bench sets so a CPU run stays within minutes (overridable per evaluator).
+CPU_OVERRIDES: dict[str, dict[str, Any]] = {"ic-lpips": {"resize": 0}, "kid": {"subsets": 100}}
+PRIMARY_UTILITY = ("image_auroc", "pixel_ap", "au_pro")
+
+
+class BenchError(ValueError):
+    """A bad bench request (unknown data source, empty category list, ...); the message names it."""
+
+
+@dataclass
+class BenchConfig:
+    generators: list[str]
+    data: list[str]
+    evaluators: list[str] = field(default_factory=lambda: list(DEFAULT_EVALUATORS))
+    seeds: list[int] = field(default_factory=lambda: [0])
+    out: str = "out/bench"
+    size: int = 128
+    n_train: int = 32
+    n_test: int | None = None
+    n_synthetic: int = 64
+    ratios: list[float] = field(default_factory=list)  # ASBench p sweep; empty = the utility's default (0.5)
+    generator_params: dict[str, dict] = field(default_factory=dict)
+    evaluator_params: dict[str, dict] = field(default_factory=dict)
+    fit_steps: int | None = None
+    use_cache: bool = True
+
+
+def parse_data(spec: str) -> list[str]:
+    """``toy:metal,wood`` -> [``toy:metal``, ``toy:wood``]; a bare later item reuses the first's folder."""
+    scheme, sep, rest = spec.partition(":")
+    if not sep or not rest:
+        raise BenchError(f"--data {spec!r} must look like SCHEME:CATEGORY[,CATEGORY...], e.g. toy:metal,wood")
+    items = [s.strip() for s in rest.split(",") if s.strip()]
+    if not items:
+        raise BenchError(f"--data {spec!r} names no category")
+    first = items[0]
+    parent = first.rsplit("/", 1)[0] + "/" if "/" in first else ""
+    return [f"{scheme}:{first}"] + [f"{scheme}:{it if '/' in it else parent + it}" for it in items[1:]]
+
+
+def split_shots(labels: Sequence[str], good: str = "good") -> tuple[list[int], list[int]]:
+    """(reference indices, held-out indices): the first ⌊n/3⌋ of each defect type are references.
+
+    Good images all go to the held-out set. This is AnomalyDiffusion's split; it keeps the real
+    defects that judge fidelity/diversity out of the detector's test set.
+    """
+    by_type: dict[str, list[int]] = {}
+    for i, lab in enumerate(labels):
+        if lab != good:
+            by_type.setdefault(lab, []).append(i)
+    refs = sorted(i for idx in by_type.values() for i in idx[: len(idx) // 3])
+    ref_set = set(refs)
+    return refs, [i for i in range(len(labels)) if i not in ref_set]
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+    order = np.argsort(x, kind="mergesort")
+    ranks = np.empty(len(x))
+    ranks[order] = np.arange(1, len(x) + 1)
+    for v in np.unique(x):  # ties share their average rank
+        sel = x == v
+        ranks[sel] = ranks[sel].mean()
+    return ranks
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman's rank correlation (average ranks for ties); NaN with < 3 finite pairs or a constant side."""
+    a, b = np.asarray(x, float), np.asarray(y, float)
+    keep = np.isfinite(a) & np.isfinite(b)
+    a, b = a[keep], b[keep]
+    if len(a) < 3:
+        return float("nan")
+    ra, rb = _ranks(a), _ranks(b)
+    if ra.std() == 0 or rb.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+# -- running -----------------------------------------------------------------------------------
+def _hash(*parts: Any) -> str:
+    return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _open(source: str, split: str, size: int, n: int | None) -> Any:
+    from anoplug.data import open_dataset
+
+    ds = open_dataset(source, split=split, size=size)
+    count = len(ds) if n is None else min(n, len(ds))
+    if count == 0:
+        raise BenchError(f"{source} has no {split} images")
+    return ds.batch(range(count))
+
+
+def _make_generator(name: str, params: dict) -> Any:
+    import anoplug
+
+    if "+" in name:  # ASBench hybrid: equal mixture of the named generators
+        return anoplug.get_generator("hybrid", members=",".join(name.split("+")), **params)
+    return anoplug.get_generator(name, **params)
+
+
+def _generate(cfg: BenchConfig, name: str, seed: int, normals: Any, cache_dir: Path) -> tuple[Any, Any, float, bool]:
+    """(generated, source normals, seconds, from_cache)."""
+    from safetensors.torch import load_file, save_file
+
+    from anoplug.seeding import sample_seed
+    from anoplug.types import Batch
+
+    params = cfg.generator_params.get(name, {})
+    idx = [i % len(normals) for i in range(cfg.n_synthetic)]
+    source = normals[idx]
+    key = _hash(name, params, seed, cfg.size, cfg.n_synthetic, [m.get("source") for m in normals.meta], cfg.fit_steps)
+    path = cache_dir / f"{name}-seed{seed}-{key}.safetensors"
+    if cfg.use_cache and path.is_file():
+        t = load_file(str(path))
+        labels = json.loads(path.with_suffix(".json").read_text())
+        return Batch(image=t["image"], mask=t["mask"], label=labels), source, 0.0, True
+    t0 = time.perf_counter()
+    gen = _make_generator(name, params)
+    if getattr(gen, "requires", None) is not None and getattr(gen.requires, "fit", False):
+        gen.fit(normals, steps=cfg.fit_steps)
+    outs = []
+    for s in range(0, len(source), 16):
+        chunk = list(range(s, min(s + 16, len(source))))
+        outs.append(gen.generate(source[chunk], seeds=[sample_seed(seed, i) for i in chunk]))
+    out = Batch.cat(outs)
+    seconds = time.perf_counter() - t0
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file({"image": out.image.contiguous(), "mask": out.mask.contiguous()}, str(tmp))
+    path.with_suffix(".json").write_text(json.dumps(list(out.label)))
+    tmp.replace(path)
+    return out, source, seconds, False
+
+
+def _evaluator_inputs(kind: str, generated: Any, source: Any, normals: Any, refs: Any, held_out: Any) -> dict:
+    if kind == "per_sample":
+        return {"normals": source}
+    if kind == "downstream":
+        return {"normals": normals, "real": held_out}
+    return {"normals": normals, "real": refs}
+
+
+def run_bench(cfg: BenchConfig, *, progress: bool = True, log: Callable[[str], None] | None = None) -> dict:
+    """Run the whole grid and write the outputs; returns the results dict (also in ``OUT/results.json``)."""
+    from tqdm.auto import tqdm
+
+    from anoplug.registry import get_registry
+
+    if not cfg.generators:
+        raise BenchError("bench needs at least one generator (--generators a,b,c)")
+    if not cfg.data:
+        raise BenchError("bench needs at least one data source (--data toy:metal)")
+    reg = get_registry()
+    for g in cfg.generators:
+        for part in g.split("+"):
+            reg.spec("generators", part)  # unknown names fail now, not after an hour
+        if "+" in g:
+            reg.spec("generators", "hybrid")
+    kinds = {e: reg.spec("evaluators", e).kind for e in cfg.evaluators}
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ratios = cfg.ratios or [None]
+    rows: list[dict] = []
+    runs: list[dict] = []
+    total = len(cfg.data) * len(cfg.generators) * len(cfg.seeds)
+    bar = tqdm(total=total, desc="bench", disable=not progress, unit="run")
+    t_start = time.perf_counter()
+    for source_name in cfg.data:
+        category = source_name.split(":", 1)[1].rstrip("/").rsplit("/", 1)[-1]
+        normals = _open(source_name, "train", cfg.size, cfg.n_train)
+        test = _open(source_name, "test", cfg.size, cfg.n_test)
+        ref_idx, held_idx = split_shots(test.label)
+        if not ref_idx:
+            raise BenchError(f"{source_name}: too few real defects to split off reference shots (need >= 3 per type)")
+        refs, held_out = test[ref_idx], test[held_idx]
+        for gname in cfg.generators:
+            for seed in cfg.seeds:
+                bar.set_postfix_str(f"{category} {gname} seed {seed}")
+                generated, source, gen_s, cached = _generate(cfg, gname, seed, normals, out / "cache" / category)
+                run = {"category": category, "data": source_name, "generator": gname, "seed": seed,
+                       "generate_seconds": gen_s, "from_cache": cached, "n_generated": len(generated), "evaluators": {}}
+                for ename in cfg.evaluators:
+                    for ratio in ratios if kinds[ename] == "downstream" else [None]:
+                        params = {**CPU_OVERRIDES.get(ename, {}),
+                                  **({**CPU_UTILITY, "size": cfg.size, "seed": seed} if kinds[ename] == "downstream" else {}),
+                                  **cfg.evaluator_params.get(ename, {})}
+                        if ratio is not None:
+                            params["anomaly_prob"] = ratio
+                        t0 = time.perf_counter()
+                        ev = reg.get_evaluator(ename, **params)
+                        report = ev.evaluate(generated, **_evaluator_inputs(kinds[ename], generated, source, normals,
+                                                                           refs, held_out))
+                        secs = time.perf_counter() - t0
+                        tag = ename if ratio is None else f"{ename}@p={ratio:g}"
+                        run["evaluators"][tag] = {"params": ev.params.model_dump(mode="json"), "seconds": secs,
+                                                  "metrics": {k: asdict(m) for k, m in report.metrics.items()},
+                                                  "details": _slim(report.details)}
+                        for k, m in report.metrics.items():
+                            rows.append({"category": category, "generator": gname, "seed": seed, "evaluator": tag,
+                                         "metric": k, "value": m.value, "higher_is_better": m.higher_is_better,
+                                         "kind": kinds[ename]})
+                        if log:
+                            log(f"{category} {gname} seed {seed} {tag}: " + ", ".join(
+                                f"{k}={m.value:.3f}" for k, m in list(report.metrics.items())[:4]) + f" ({secs:.0f}s)")
+                runs.append(run)
+                bar.update(1)
+    bar.close()
+    results = {"config": asdict(cfg), "cpu_utility_profile": CPU_UTILITY, "cpu_overrides": CPU_OVERRIDES,
+               "environment": _environment(), "seconds": time.perf_counter() - t_start, "rows": rows, "runs": runs}
+    write_outputs(results, out)
+    return results
+
+
+def _slim(details: dict) -> dict:
+    """Details without bulky per-sample arrays (kept JSON-friendly)."""
+    slim = {}
+    for k, v in details.items():
+        if k in ("per_sample", "clusters"):
+            continue
+        slim[k] = v
+    return json.loads(json.dumps(slim, default=str))
+
+
+def _environment() -> dict:
+    import torch
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "machine": platform.machine()}
+
+
+# -- reporting ---------------------------------------------------------------------------------
+def _aggregate(rows: list[dict]) -> dict[tuple[str, str, str], tuple[float, float, int, bool]]:
+    """(category, generator, evaluator/metric) -> (mean, std over seeds, n seeds, higher is better)."""
+    acc: dict[tuple[str, str, str], list[float]] = {}
+    hib: dict[tuple[str, str, str], bool] = {}
+    for r in rows:
+        key = (r["category"], r["generator"], f"{r['evaluator']}/{r['metric']}")
+        acc.setdefault(key, []).append(r["value"])
+        hib[key] = r["higher_is_better"]
+    out = {}
+    for k, vals in acc.items():
+        v = np.asarray(vals, float)
+        fin = v[np.isfinite(v)]
+        out[k] = (float(fin.mean()) if len(fin) else float("nan"), float(fin.std()) if len(fin) > 1 else 0.0, len(fin), hib[k])
+    return out
+
+
+def _fmt(mean: float, std: float, n: int) -> str:
+    if not math.isfinite(mean):
+        return "n/a"
+    return f"{mean:.3f} ± {std:.3f}" if n > 1 else f"{mean:.3f}"
+
+
+def _short(metric: str, all_metrics: Sequence[str]) -> str:
+    """``evaluator/metric`` -> ``metric`` when that name is unique among the columns."""
+    tail = metric.split("/", 1)[1]
+    return tail if sum(m.split("/", 1)[1] == tail for m in all_metrics) == 1 else metric
+
+
+def _is_primary_detection(metric: str) -> bool:
+    return metric.split("/", 1)[1].removesuffix("_gain") in PRIMARY_UTILITY
+
+
+def correlations(rows: list[dict]) -> list[dict]:
+    """Spearman between every intrinsic metric and each primary detection metric, over (category, generator) means."""
+    agg = _aggregate(rows)
+    kinds = {f"{r['evaluator']}/{r['metric']}": r["kind"] for r in rows}
+    cells = sorted({(c, g) for c, g, _ in agg})
+    intrinsic = [m for m, k in kinds.items() if k != "downstream"]
+    detection = [m for m, k in kinds.items() if k == "downstream" and _is_primary_detection(m)]
+    table = []
+    for im in intrinsic:
+        for dm in detection:
+            xs = np.array([agg.get((c, g, im), (np.nan,))[0] for c, g in cells], float)
+            ys = np.array([agg.get((c, g, dm), (np.nan,))[0] for c, g in cells], float)
+            n = int(np.sum(np.isfinite(xs) & np.isfinite(ys)))
+            table.append({"intrinsic": im, "detection": dm, "spearman": spearman(xs, ys), "n": n})
+    return table
+
+
+MAIN_COLUMNS = ("leakage", "coverage", "boundary_f1", "ic_lpips", "kid", "image_auroc", "pixel_ap", "au_pro",
+                "image_auroc_gain", "pixel_ap_gain", "au_pro_gain")
+
+
+def _main_column(metric: str) -> bool:
+    tail = metric.split("/", 1)[1]
+    return any(tail == c or tail.startswith(c + "@") or tail.startswith(c + "_substitute") for c in MAIN_COLUMNS)
+
+
+def markdown(results: dict) -> str:
+    rows = results["rows"]
+    agg = _aggregate(rows)
+    cfg = results["config"]
+    metrics = list(dict.fromkeys(f"{r['evaluator']}/{r['metric']}" for r in rows))
+    shown = [m for m in metrics if _main_column(m)] or metrics
+    hib = {f"{r['evaluator']}/{r['metric']}": r["higher_is_better"] for r in rows}
+    lines = ["# anoplug bench", "",
+             f"Generators: {', '.join(cfg['generators'])}; data: {', '.join(cfg['data'])}; seeds: {cfg['seeds']}; "
+             f"{cfg['size']} px; {cfg['n_train']} normals; {cfg['n_synthetic']} synthetic per run; "
+             f"total {results['seconds'] / 60:.1f} min.",
+             f"Downstream detector (CPU profile): {results['cpu_utility_profile']}. Values: mean ± std over seeds; "
+             "`_gain` = metric minus the same detector trained on normals only. All metrics: results.json.", ""]
+    cats = list(dict.fromkeys(r["category"] for r in rows))
+    gens = list(dict.fromkeys(r["generator"] for r in rows))
+    header = "| generator | " + " | ".join(f"{_short(m, shown)} {'↑' if hib[m] else '↓'}" for m in shown) + " |"
+    for cat in cats + (["mean over categories"] if len(cats) > 1 else []):
+        lines += [f"## {cat}", "", header, "|---|" + "---|" * len(shown)]
+        for g in gens:
+            cells = []
+            for m in shown:
+                if cat == "mean over categories":
+                    vals = np.array([agg[(c, g, m)][0] for c in cats if (c, g, m) in agg], float)
+                    cells.append(_fmt(float(np.nanmean(vals)), 0.0, 1) if np.isfinite(vals).any() else "n/a")
+                else:
+                    cells.append(_fmt(*agg[(cat, g, m)][:3]) if (cat, g, m) in agg else "n/a")
+            lines.append(f"| {g} | " + " | ".join(cells) + " |")
+        lines.append("")
+    corr = correlations(rows)
+    if corr:
+        n_cells = len({(r["category"], r["generator"]) for r in rows})
+        det = list(dict.fromkeys(c["detection"] for c in corr))
+        lines += [f"## Spearman ρ, intrinsic metric vs detection metric (over {n_cells} category × generator means)", "",
+                  "| intrinsic \\ detection | " + " | ".join(_short(d, det) for d in det) + " |", "|---|" + "---|" * len(det)]
+        for im in dict.fromkeys(c["intrinsic"] for c in corr):
+            vals = {c["detection"]: c["spearman"] for c in corr if c["intrinsic"] == im}
+            cells = ["n/a" if not math.isfinite(vals[d]) else f"{vals[d]:+.2f}" for d in det]
+            lines.append(f"| {im} | " + " | ".join(cells) + " |")
+        lines += ["", "n/a: fewer than 3 finite pairs or a constant metric. With few generators ρ is coarse "
+                  "(n=4 gives steps of 0.2); read it as a direction, not a measurement.", ""]
+    return "\n".join(lines)
+
+
+def plots(results: dict, out: Path) -> list[Path]:
+    """utility.png (bars with seed error bars) and intrinsic_vs_utility.png (scatter); returns the paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = results["rows"]
+    agg = _aggregate(rows)
+    cats = list(dict.fromkeys(r["category"] for r in rows))
+    gens = list(dict.fromkeys(r["generator"] for r in rows))
+    util = [m for m in dict.fromkeys(f"{r['evaluator']}/{r['metric']}" for r in rows if r["kind"] == "downstream")
+            if m.split("/")[1] in PRIMARY_UTILITY]
+    written = []
+    if util:
+        fig, axes = plt.subplots(1, len(cats), figsize=(4 + 2.2 * len(gens) * len(cats) * 0.6, 3.6), squeeze=False)
+        width = 0.8 / max(len(util), 1)
+        for ax, cat in zip(axes[0], cats):
+            for j, m in enumerate(util):
+                means = [agg.get((cat, g, m), (np.nan, 0, 0))[0] for g in gens]
+                stds = [agg.get((cat, g, m), (np.nan, 0, 0))[1] for g in gens]
+                ax.bar(np.arange(len(gens)) + j * width, means, width, yerr=stds, capsize=3, label=m.split("/", 1)[1])
+            ax.set_xticks(np.arange(len(gens)) + width * (len(util) - 1) / 2, gens, rotation=30, ha="right")
+            ax.set_title(f"{cat}: downstream utility")
+            ax.set_ylim(0, 1.05)
+        axes[0][0].legend(fontsize=7)
+        fig.tight_layout()
+        p = out / "utility.png"
+        fig.savefig(p, dpi=110)
+        plt.close(fig)
+        written.append(p)
+    intrinsic = [m for m in dict.fromkeys(f"{r['evaluator']}/{r['metric']}" for r in rows if r["kind"] != "downstream")]
+    target = next((m for m in util if m.endswith("/image_auroc")), util[0] if util else None)
+    if intrinsic and target:
+        cols = min(len(intrinsic), 4)
+        nrow = math.ceil(len(intrinsic) / cols)
+        fig, axes = plt.subplots(nrow, cols, figsize=(3.4 * cols, 3.0 * nrow), squeeze=False)
+        for ax, im in zip(axes.flat, intrinsic):
+            for g in gens:
+                xs = [agg.get((c, g, im), (np.nan,))[0] for c in cats]
+                ys = [agg.get((c, g, target), (np.nan,))[0] for c in cats]
+                ax.scatter(xs, ys, label=g)
+            ax.set_xlabel(im, fontsize=7)
+            ax.set_ylabel(target.split("/", 1)[1], fontsize=7)
+        for ax in list(axes.flat)[len(intrinsic):]:
+            ax.axis("off")
+        axes[0][0].legend(fontsize=6)
+        fig.tight_layout()
+        p = out / "intrinsic_vs_utility.png"
+        fig.savefig(p, dpi=110)
+        plt.close(fig)
+        written.append(p)
+    return written
+
+
+def write_outputs(results: dict, out: Path) -> dict[str, Path]:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    results["correlations"] = correlations(results["rows"])
+    paths = {"json": out / "results.json", "markdown": out / "results.md"}
+    tmp = paths["json"].with_suffix(".tmp")
+    tmp.write_text(json.dumps(results, indent=1, default=str))
+    tmp.replace(paths["json"])
+    paths["markdown"].write_text(markdown(results))
+    for p in plots(results, out):
+        paths[p.stem] = p
+    return paths

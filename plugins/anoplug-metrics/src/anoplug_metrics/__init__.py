@@ -1,0 +1,1 @@
+"""anoplug-metrics: evaluators that judge generated anomalies (mask precision, IC-LPIPS, KID, IS, downstream utility)."""
