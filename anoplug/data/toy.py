@@ -319,10 +319,11 @@ def render_sample(category: str, split: str = "train", index: int = 0, seed: int
     _check_category(category)
     if split not in _SPLITS:
         raise DataError(f"unknown split {split!r}; use 'train' or 'test'")
-    if not isinstance(size, int) or size < 16:
+    if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size < 16:
         raise DataError(f"size must be an int >= 16, got {size!r}")
     if index < 0:
         raise DataError(f"index must be non-negative, got {index}")
+    size, index = int(size), int(index)
     info = CATEGORIES[category]
     label = label_for(category, split, index) if label is None else label
     if label != GOOD and label not in info["defects"]:
@@ -405,7 +406,7 @@ class ToyDataset(Dataset):
         _check_category(category)
         if split not in _SPLITS:
             raise DataError(f"unknown split {split!r} for toy:{category}; use 'train' or 'test'")
-        if not isinstance(size, int) or size < 16:
+        if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size < 16:
             raise DataError(f"size must be an int >= 16, got {size!r}")
         if length is not None and length < 1:
             raise DataError(f"length must be >= 1, got {length}")
@@ -414,7 +415,7 @@ class ToyDataset(Dataset):
             bad = [d for d in defects if d not in known]
             if bad or not defects:
                 raise DataError(f"toy:{category} has defects {', '.join(known)}; got {list(defects)}")
-        self.category, self.split, self.size, self.seed = category, split, size, int(seed)
+        self.category, self.split, self.size, self.seed = category, split, int(size), int(seed)
         self.kind = CATEGORIES[category]["kind"]
         self.defects = tuple(defects) if defects is not None else known
         self.length = DEFAULT_LENGTH[split] if length is None else int(length)
