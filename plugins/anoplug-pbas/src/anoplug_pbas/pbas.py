@@ -33,7 +33,7 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, field_validator
 from torch import nn
 
 from anoplug.backbones import Backbone, backbone_info, get_backbone
@@ -65,6 +65,13 @@ class PBASParams(Params):
     batch_size: int = Field(8, ge=1, le=512, description="training images per step (paper 8)")
     steps: int = Field(5000, ge=0, le=10_000_000, description="training steps (paper: 640 epochs)")
     seed: int = Field(0, ge=0, le=2**31 - 1, description="seed of weight init and batch order in fit")
+
+    @field_validator("patch_size")
+    @classmethod
+    def _odd(cls, v: int) -> int:
+        if v % 2 == 0:
+            raise ValueError("must be odd (the patch is centred on its position)")
+        return v
 
 
 # -- 1. patch features -----------------------------------------------------------------------
