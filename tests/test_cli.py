@@ -84,3 +84,10 @@ def test_broken_plugin_shows_as_error_row_and_the_rest_works(tmp_path):
     assert any(line.startswith("draem") and line.rstrip().endswith("ok") for line in r.stdout.splitlines())
     r = subprocess.run([str(exe), "list"], capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 0 and "draem" in r.stdout
+
+
+def test_datasets_lists_schemes_and_toy_categories(capsys):
+    code, out, _ = run(capsys, "datasets")
+    assert code == 0
+    for word in ("toy", "mvtec", "visa", "folder", "fabric", "surface3d", "tray", "dent", "missing"):
+        assert word in out, word
