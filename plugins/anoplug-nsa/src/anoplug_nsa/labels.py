@@ -5,8 +5,8 @@ Binary: union of patch masks ∧ (channel-mean |before − after| > tol grey lev
 is a majority vote, i.e. a box count ≥ 13.
 Soft (NSA's "logistic-intensity"): L = the mean absolute change inside the binary label,
 median-filtered with a disk of radius 5 (scikit-image / SciPy, nearest border), then
-label / (1 + exp(−k (L − x0))). The median is only needed where the label is 1, so we
-gather the 81-pixel disk neighbourhoods of those pixels only.
+label / (1 + exp(−k (L − x0))). The soft label is 0 wherever the binary label is, so the
+median is only needed there: we gather the 81-pixel disk neighbourhoods of those pixels only.
 """
 
 from __future__ import annotations
@@ -20,8 +20,11 @@ _DISK_CACHE: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 def binary_median(mask: torch.Tensor, size: int = 5) -> torch.Tensor:
     """Median filter of a {0,1} ``[B,1,H,W]`` mask with a ``size``×``size`` square (replicate border)."""
     r = size // 2
-    count = F.avg_pool2d(F.pad(mask, (r, r, r, r), mode="replicate"), size, stride=1) * (size * size)
-    return (count > (size * size) / 2).to(mask.dtype)
+    padded = F.pad(mask, (r, r, r, r), mode="replicate")
+    H, W = mask.shape[-2:]
+    rows = sum(padded[..., k:k + H, :] for k in range(size))  # separable box count by shifted sums
+    count = sum(rows[..., k:k + W] for k in range(size))
+    return (count > (size * size) / 2).to(mask.dtype)  # counts are small integers: exact in float32
 
 
 def disk_offsets(radius: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -34,31 +37,48 @@ def disk_offsets(radius: int) -> tuple[torch.Tensor, torch.Tensor]:
     return _DISK_CACHE[radius]
 
 
-def disk_median_at(values: torch.Tensor, where: torch.Tensor, radius: int = 5) -> torch.Tensor:
-    """Median of ``values`` ``[B,1,H,W]`` over a disk, evaluated only at the True pixels of ``where``."""
+def disk_median_at(values: torch.Tensor, where: torch.Tensor, radius: int = 5, levels: int = 3) -> torch.Tensor:
+    """Median of ``values`` ``[B,1,H,W]`` over a disk, evaluated only at the True pixels of ``where``.
+
+    ``values`` must be multiples of ``1/levels`` in [0, 255] (a mean of 3 grey-level
+    differences is), so they are handled exactly as small integers: on CPU the selection
+    runs in NumPy's introselect, which is an order of magnitude faster than torch's
+    ``kthvalue`` here.
+    """
     out = torch.zeros_like(values)
     b, _, y, x = where.nonzero(as_tuple=True)
     if b.numel() == 0:
         return out
     dy, dx = disk_offsets(radius)
-    padded = F.pad(values, (radius, radius, radius, radius), mode="replicate")
+    q = (values[:, 0] * levels).round().to(torch.int16)
+    padded = F.pad(q[:, None].float(), (radius, radius, radius, radius), mode="replicate")[:, 0].to(torch.int16)
     H, W = padded.shape[-2:]
     flat = padded.reshape(-1)
     base = b * (H * W) + (y + radius) * W + (x + radius)
-    neigh = flat[base[:, None] + (dy * W + dx).to(base.device)[None, :]]  # [N, 81]
-    k = (neigh.shape[1] + 1) // 2
-    out[b, 0, y, x] = neigh.kthvalue(k, dim=1).values
+    offsets = (dy * W + dx).tolist()
+    neigh = torch.empty(len(offsets), base.numel(), dtype=torch.int16, device=values.device)
+    for k, off in enumerate(offsets):  # one gather per footprint offset: no [N, 81] index tensor
+        torch.index_select(flat, 0, base + off, out=neigh[k])
+    mid = len(offsets) // 2
+    if neigh.device.type == "cpu":
+        import numpy as np
+
+        rows = np.ascontiguousarray(neigh.numpy().T)  # one row per pixel: introselect runs along memory
+        med = torch.from_numpy(np.partition(rows, mid, axis=1)[:, mid].copy())
+    else:
+        med = neigh.kthvalue(mid + 1, dim=0).values
+    out[b, 0, y, x] = med.to(values.dtype) / levels
     return out
 
 
-def nsa_labels(before: torch.Tensor, after: torch.Tensor, union: torch.Tensor, tol: float,
+def nsa_labels(change: torch.Tensor, union: torch.Tensor, tol: float,
                logistic: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(binary label, soft label or None) from images in grey levels (0..255) and the patch union.
+    """(binary label, soft label or None) from the change map and the union of patch masks.
 
+    ``change`` ``[B,1,H,W]`` is the channel-mean |before − after| in grey levels;
     ``logistic`` ``[B,2]`` holds (k, x0) per sample.
     """
-    change = (before - after).abs().mean(1, keepdim=True)
-    label = binary_median((union * change > tol).to(before.dtype))
+    label = binary_median((union * change > tol).to(change.dtype))
     if logistic is None:
         return label, None
     level = disk_median_at(label * change, label.bool())

@@ -62,18 +62,26 @@ class NSAParams(Params):
 
 @dataclass
 class _Context:
-    """Per-call data shared by sampling and applying: 8-bit images and object masks."""
+    """Per-call data shared by sampling and applying: object masks, presets, 8-bit images."""
 
-    dest: torch.Tensor  # [B,3,H,W] grey levels
-    source: torch.Tensor  # [S,3,H,W] grey levels (the batch itself or extras['source_image'])
+    batch: Batch
     source_from_extras: bool
     dest_obj: list[torch.Tensor | None]  # per image [H,W] bool
     source_obj: list[torch.Tensor | None]  # per source image
     presets: list[tuple[str, presets.Preset]]
+    _levels: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def levels(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(destination, source) images in grey levels, computed on first use (sampling needs none)."""
+        if self._levels is None:
+            dest = _to_levels(self.batch.image)
+            src = _to_levels(self.batch.extras["source_image"]) if self.source_from_extras else dest
+            self._levels = (dest, src)
+        return self._levels
 
 
 def _to_levels(x: torch.Tensor) -> torch.Tensor:
-    return (x.clamp(0, 1) * 255.0).round()
+    return (x * 255.0).round_()  # a validated batch is already in [0, 1]
 
 
 def _heuristic_object(levels: torch.Tensor, background: tuple[float, float]) -> torch.Tensor:
@@ -115,34 +123,27 @@ class NSA(Generator):
     # -- context ------------------------------------------------------------------------------
     def _context(self, batch: Batch) -> _Context:
         p = self.params
-        dest = _to_levels(batch.image)
         extra_src = batch.extras.get("source_image")
         from_extras = p.source == "auto" and extra_src is not None
-        if from_extras:
-            if tuple(extra_src.shape) != tuple(batch.image.shape):
-                raise ValueError(f"extras['source_image'] must be {tuple(batch.image.shape)}, got {tuple(extra_src.shape)}")
-            source = _to_levels(extra_src)
-        else:
-            source = dest
+        if from_extras and tuple(extra_src.shape) != tuple(batch.image.shape):
+            raise ValueError(f"extras['source_image'] must be {tuple(batch.image.shape)}, got {tuple(extra_src.shape)}")
         has_obj = batch.object_mask is not None
         names = [p.category if p.category != "auto" else str((m or {}).get("category", "auto")) for m in batch.meta]
         chosen = [presets.resolve(n, has_obj) for n in names]
-        dest_obj: list[torch.Tensor | None] = [None] * len(batch)
-        source_obj: list[torch.Tensor | None] = [None] * len(source)
-        if p.object_aware:
-            if has_obj:
-                dest_obj = list(batch.object_mask[:, 0].bool())
-                src_masks = batch.extras.get("source_object_mask") if from_extras else batch.object_mask
-                source_obj = list(src_masks[:, 0].bool()) if src_masks is not None else list(dest_obj)
-            else:
-                bgs = [pr.background for _, pr in chosen]
-                for i, bg in enumerate(bgs):
-                    if bg is not None:
-                        dest_obj[i] = _heuristic_object(dest[i:i + 1], bg)[0]
-                        source_obj[i] = _heuristic_object(source[i:i + 1], bg)[0] if from_extras else dest_obj[i]
-                if not from_extras:
-                    source_obj = list(dest_obj)
-        return _Context(dest, source, from_extras, dest_obj, source_obj, chosen)
+        ctx = _Context(batch, from_extras, [None] * len(batch), [None] * len(batch), chosen)
+        if not p.object_aware:
+            return ctx
+        if has_obj:
+            ctx.dest_obj = list(batch.object_mask[:, 0].bool())
+            src_masks = batch.extras.get("source_object_mask") if from_extras else batch.object_mask
+            ctx.source_obj = list(src_masks[:, 0].bool()) if src_masks is not None else list(ctx.dest_obj)
+        elif any(pr.background is not None for _, pr in chosen):  # MVTec brightness heuristic
+            dest, src = ctx.levels()
+            for i, (_, pr) in enumerate(chosen):
+                if pr.background is not None:
+                    ctx.dest_obj[i] = _heuristic_object(dest[i:i + 1], pr.background)[0]
+                    ctx.source_obj[i] = _heuristic_object(src[i:i + 1], pr.background)[0] if from_extras else ctx.dest_obj[i]
+        return ctx
 
     # -- sampling -----------------------------------------------------------------------------
     def sample(self, batch: Batch, rngs: Sequence[torch.Generator]) -> list[dict]:
@@ -164,14 +165,15 @@ class NSA(Generator):
             d_obj, s_obj = ctx.dest_obj[i], ctx.source_obj[j]
             use_obj = d_obj is not None and s_obj is not None
             n = p.num_patches or preset.num_patches
-            patches = []
+            patches, n_drawn = [], 0
             for k in range(n):
                 present = k == 0 or int(_randint(rng, 0, 2)) > 0
+                n_drawn += present
                 patches.append(self._sample_patch(rng, (H, W), preset, d_obj if use_obj else None,
                                                   s_obj if use_obj else None) if present else None)
             clone = preset.clone if p.clone == "preset" else p.clone
             out.append({"preset": name, "source_index": j, "source": "extras" if ctx.source_from_extras else "batch",
-                        "clone": clone, "logistic": list(preset.logistic), "patches": patches})
+                        "clone": clone, "logistic": list(preset.logistic), "n_drawn": n_drawn, "patches": patches})
         return out
 
     def _sample_patch(self, rng: torch.Generator, size: tuple[int, int], preset: presets.Preset,
@@ -181,8 +183,9 @@ class NSA(Generator):
         (h_lo, h_hi), (w_lo, w_hi) = preset.width_bounds
         min1, max1 = round(h_lo * H), round(h_hi * H)
         min2, max2 = round(w_lo * W), round(w_hi * W)
-        half1 = int(min(max((p.gamma_offset + _gamma(rng, p.gamma_shape, p.gamma_scale)) * H, min1), max1))
-        half2 = int(min(max((p.gamma_offset + _gamma(rng, p.gamma_shape, p.gamma_scale)) * W, min2), max2))
+        draw = [p.gamma_offset + _gamma(rng, p.gamma_shape, p.gamma_scale) for _ in range(2)]
+        half1 = int(min(max(draw[0] * H, min1), max1))
+        half2 = int(min(max(draw[1] * W, min2), max2))
         # source box: centre uniform, box clipped at the border (it may be truncated)
         tries = TRIES if s_obj is not None else 1
         c1, c2 = _randint(rng, min1, H - min1, tries), _randint(rng, min2, W - min2, tries)
@@ -201,7 +204,8 @@ class NSA(Generator):
         h, w = box[1] - box[0], box[3] - box[2]
         if h < 1 or w < 1:
             return None
-        scale = float(torch.randn(1, generator=rng, dtype=torch.float64)) * 0.5 + 1.0
+        scale_draw = float(torch.randn(1, generator=rng, dtype=torch.float64)) * 0.5 + 1.0  # N(1, 0.5)
+        scale = scale_draw
         if p.resize:
             lo, hi = preset.resize_bounds
             scale = min(max(scale, lo), hi)
@@ -227,7 +231,7 @@ class NSA(Generator):
                 return None
         dy0, dx0 = int(d1[t]) - new_h // 2, int(d2[t]) - new_w // 2
         return {"src_box": box, "size": [new_h, new_w], "dst_box": [dy0, dy0 + new_h, dx0, dx0 + new_w],
-                "scale": scale, "half_widths": [half1, half2]}
+                "scale": scale, "scale_draw": scale_draw, "half_widths": [half1, half2], "half_draw": draw}
 
     @staticmethod
     def _first_overlap(d_obj: torch.Tensor, s_patch: torch.Tensor, s_area: float, ys: torch.Tensor, xs: torch.Tensor,
@@ -258,10 +262,12 @@ class NSA(Generator):
         return self._apply(batch, samples, ctx), samples
 
     def _apply(self, batch: Batch, samples: list[dict], ctx: _Context) -> Batch:
-        current = ctx.dest.clone()
+        dest, _ = ctx.levels()
+        current = dest.clone()
         union = torch.zeros(len(batch), 1, *batch.size, dtype=current.dtype, device=current.device)
+        boxes: list[tuple[int, int, int, int, int]] = []  # (image, y0, y1, x0, x1) of every blended patch
         steps = max((len(s["patches"]) for s in samples), default=0)
-        for k in range(steps):
+        for k in range(steps):  # patch k of every image at once; an image's patches stay sequential
             jobs, mixed, updates = [], [], []
             for i, s in enumerate(samples):
                 patch = s["patches"][k] if k < len(s["patches"]) else None
@@ -277,14 +283,20 @@ class NSA(Generator):
                 continue
             done = seamless_clone(current, jobs, mixed)
             for ok, (i, (y0, y1, x0, x1), patch_mask) in zip(done, updates):
-                if not ok:
-                    continue
-                union[i, 0, y0:y1, x0:x1] = patch_mask.to(union.dtype)  # assignment, as the official code
+                if ok:
+                    union[i, 0, y0:y1, x0:x1] = patch_mask.to(union.dtype)  # assignment, as the official code
+                    boxes.append((i, y0, y1, x0, x1))
+        # only the blended boxes changed: compute the change map and the output there
+        change = torch.zeros_like(union)
+        image = batch.image.clone()
+        for i, y0, y1, x0, x1 in boxes:
+            before, after = dest[i, :, y0:y1, x0:x1], current[i, :, y0:y1, x0:x1]
+            change[i, 0, y0:y1, x0:x1] = (before - after).abs().mean(0)
+            image[i, :, y0:y1, x0:x1] = torch.where(after != before, after / 255.0, batch.image[i, :, y0:y1, x0:x1])
         logistic = torch.tensor([s["logistic"] for s in samples], dtype=current.dtype) if self.params.soft_label else None
-        label, soft = nsa_labels(ctx.dest, current, union, self.params.tol, logistic)
+        label, soft = nsa_labels(change, union, self.params.tol, logistic)
 
-        image = torch.where(current != ctx.dest, current / 255.0, batch.image)  # untouched pixels stay bit-identical
-        out = copy.copy(batch)
+        out = copy.copy(batch)  # shallow: keeps object_mask/depth/text without re-validating the input
         out.image, out.mask = image, label
         out.label = [LABEL if bool(a) else GOOD for a in (label.flatten(1).amax(1) > 0).tolist()]
         out.meta = [dict(m) for m in batch.meta]
@@ -298,7 +310,7 @@ class NSA(Generator):
         y0, y1, x0, x1 = patch["src_box"]
         nh, nw = patch["size"]
         dy0, dy1, dx0, dx1 = patch["dst_box"]
-        src = _resize(ctx.source[j, :, y0:y1, x0:x1], (nh, nw)).round().clamp(0, 255)
+        src = _resize(ctx.levels()[1][j, :, y0:y1, x0:x1], (nh, nw)).round().clamp(0, 255)
         patch_mask = torch.ones(nh, nw, dtype=torch.bool, device=src.device)
         d_obj, s_obj = ctx.dest_obj[i], ctx.source_obj[j]
         clone_mask = patch_mask

@@ -67,7 +67,7 @@ def solve_rectangles(dst: torch.Tensor, src: torch.Tensor, mask: torch.Tensor, s
     # view into the full mask, whose pixels around the bounding box are 0, so the rectangle's border
     # erodes too: zero padding.
     m = mask * inside[:, None]
-    m = -F.max_pool2d(-F.pad(m, (3, 3, 3, 3), value=0.0), 7, stride=1)
+    m = -F.max_pool2d(F.max_pool2d(-F.pad(m, (3, 3, 3, 3), value=0.0), (7, 1), stride=1), (1, 7), stride=1)
 
     sgx, sgy = _grad_x(src), _grad_y(src)
     dgx, dgy = _grad_x(dst), _grad_y(dst)
@@ -126,7 +126,7 @@ def seamless_clone(images: torch.Tensor, jobs: Sequence[CloneJob], mixed: Sequen
     Follows OpenCV's ``seamlessClone`` geometry: the mask's outer pixel ring is cleared, the
     problem lives on the mask's bounding box, placed so that ``center`` is its middle.
     The result is truncated to whole grey levels (as OpenCV's solver does). Returns, per
-    job, whether it was applied (an empty mask is skipped).
+    job, whether it was applied (an empty mask or a rectangle leaving the image is skipped).
     """
     prepared, done = [], []
     for job in jobs:
