@@ -454,7 +454,7 @@ class Comparison(W.VBox):
     """One grid, one row per method, on the same images and seed; a seed box regenerates all rows."""
 
     def __init__(self, methods: Sequence[Any], images: Any = None, *, seed: int = 0, n: int = 3, size: int = 128,
-                 height: int = 420) -> None:
+                 height: int | None = None) -> None:
         from anoplug.registry import get_registry
 
         if not methods:
@@ -476,6 +476,7 @@ class Comparison(W.VBox):
         self.png = b""
         self.seed = W.IntText(value=int(seed), description="seed", layout=W.Layout(width="200px"))
         self.status = W.HTML("")
+        height = height or 40 + 150 * len(self.generators)  # fixed per grid: no jumping while it updates
         self.image = W.Image(format="png", layout=W.Layout(height=f"{height}px", object_fit="contain"))
         super().__init__([W.HBox([self.seed, self.status]), self.image])
         self.add_class("anoplug-compare")

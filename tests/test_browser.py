@@ -188,6 +188,9 @@ def test_slider_changes_the_rendered_image(jupyterlab):
             after_png = image.screenshot(path=str(SHOTS / "explorer_after.png"))
             slider_after = slider.get_attribute("aria-valuenow")
             status = explorer.locator(".widget-html").last.inner_text()
+            for k, other in enumerate(page.locator(".anoplug-compare, .anoplug-explorer").all()):
+                other.scroll_into_view_if_needed()  # every widget of the notebook, for a human to look at
+                other.screenshot(path=str(SHOTS / f"widget_{k}.png"))
         finally:
             browser.close()
     assert slider_before != slider_after, f"the slider did not move ({slider_before})"
