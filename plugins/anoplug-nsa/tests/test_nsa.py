@@ -107,8 +107,9 @@ def test_generator_agrees_with_the_opencv_path(category: str) -> None:
     bilinear differs from an exact one by ±1 grey level on ~10 % of pixels, which the
     Poisson solve then spreads (see the README for the end-to-end figures).
     """
-    from anoplug.data.toy import ToyDataset
     from anoplug_nsa.reference import reference_one
+
+    from anoplug.data.toy import ToyDataset
 
     b = ToyDataset(category, size=128).batch(list(range(6)))
     out = NSA().generate(b, seed=3)
