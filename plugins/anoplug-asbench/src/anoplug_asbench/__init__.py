@@ -1,0 +1,1 @@
+"""anoplug-asbench: the ASBench protocol (hybrid generators, synthetic-ratio sweep, metric correlation)."""
