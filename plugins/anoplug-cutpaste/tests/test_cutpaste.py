@@ -161,9 +161,8 @@ def test_jitter_matches_torchvision(op: str) -> None:
     ident = factors.clone()
     ident[:, :3], ident[:, 3] = 1.0, 0.0
     ident[:, k] = factors[:, k]  # only the op under test does anything
-    owner = torch.arange(2).repeat_interleave(24 * 24)
-    flat = b.permute(0, 2, 3, 1).reshape(-1, 3)
-    ours = color_jitter(flat, owner, ident.float(), order).reshape(2, 24, 24, 3).permute(0, 3, 1, 2)
+    flat = b.permute(1, 0, 2, 3).reshape(3, -1)  # [3, N]: sample 0's pixels, then sample 1's
+    ours = color_jitter(flat, torch.tensor([24 * 24] * 2), ident.float(), order).reshape(3, 2, 24, 24).transpose(0, 1)
     fn = {"brightness": F.adjust_brightness, "contrast": F.adjust_contrast,
           "saturation": F.adjust_saturation, "hue": F.adjust_hue}[op]
     ref = torch.stack([fn(b[i], float(factors[i, k])) for i in range(2)])

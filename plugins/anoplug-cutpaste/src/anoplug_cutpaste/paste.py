@@ -45,55 +45,91 @@ class Patches:
     order: torch.Tensor  # [B,4] permutation of the jitter operations
 
 
-def _footprint(p: Patches) -> tuple[torch.Tensor, ...]:
-    """Flat (owner, dst row, dst col, src row, src col) of every pasted pixel."""
+def _footprint(p: Patches, idx: list[int]) -> tuple[torch.Tensor, ...]:
+    """Flat (owner, dst row, dst col, src row, src col) of every pasted pixel of rotated patches ``idx``."""
     dev = p.h.device
-    counts = torch.where(p.active, p.box_h * p.box_w, torch.zeros_like(p.box_h))
-    owner = torch.repeat_interleave(torch.arange(len(counts), device=dev), counts)
+    sel = torch.tensor(idx, dtype=torch.long, device=dev)
+    box_h, box_w, h, w = p.box_h[sel], p.box_w[sel], p.h[sel], p.w[sel]
+    counts = box_h * box_w
+    local = torch.repeat_interleave(torch.arange(len(idx), device=dev), counts)
     starts = torch.cumsum(counts, 0) - counts
-    k = torch.arange(int(counts.sum()), device=dev) - starts[owner]
-    bw = p.box_w[owner]
+    k = torch.arange(int(counts.sum()), device=dev) - starts[local]
+    bw = box_w[local]
     u = torch.div(k, bw, rounding_mode="floor")
     v = k - u * bw
-    h, w = p.h[owner], p.w[owner]
-    if bool((p.angle != 0).any()):
-        a = torch.deg2rad(p.angle.double())[owner]
-        cos, sin = torch.cos(a), torch.sin(a)
-        oy = u.double() + 0.5 - p.box_h[owner].double() / 2
-        ox = v.double() + 0.5 - bw.double() / 2
-        sx = torch.floor(cos * ox - sin * oy + w.double() / 2).long()
-        sy = torch.floor(sin * ox + cos * oy + h.double() / 2).long()
-        keep = (sy >= 0) & (sy < h) & (sx >= 0) & (sx < w)
-        owner, u, v, sy, sx = owner[keep], u[keep], v[keep], sy[keep], sx[keep]
-    else:  # unrotated: the box is the rectangle itself
-        sy, sx = u, v
+    a = torch.deg2rad(p.angle[sel].double())[local]
+    cos, sin = torch.cos(a), torch.sin(a)
+    oy = u.double() + 0.5 - box_h[local].double() / 2
+    ox = v.double() + 0.5 - bw.double() / 2
+    sx = torch.floor(cos * ox - sin * oy + w[local].double() / 2).long()
+    sy = torch.floor(sin * ox + cos * oy + h[local].double() / 2).long()
+    keep = (sy >= 0) & (sy < h[local]) & (sx >= 0) & (sx < w[local])
+    local, u, v, sy, sx = local[keep], u[keep], v[keep], sy[keep], sx[keep]
+    owner = sel[local]
     return owner, p.dst_y[owner] + u, p.dst_x[owner] + v, p.src_y[owner] + sy, p.src_x[owner] + sx
+
+
+def _changed(new: torch.Tensor, before: torch.Tensor, effective_tol: float | None) -> torch.Tensor:
+    """Per pixel: does it count as changed (any change, or channel-mean change > tol grey levels)?"""
+    if effective_tol is None:
+        return (new != before).any(0)
+    return (new - before).abs().mean(0) * 255.0 > effective_tol
 
 
 def paste(image: torch.Tensor, p: Patches, *, effective_tol: float | None = None
           ) -> tuple[torch.Tensor, torch.Tensor]:
     """Return (pasted images, footprint masks) for a batch ``[B,3,H,W]``.
 
+    Unrotated patches are moved with slice copies; rotated ones through flat pixel indices.
     With ``effective_tol`` (grey levels out of 255) only pixels whose channel-mean change
     exceeds it are written and marked, so the mask is where the image actually changed.
-    A sample whose paste changed no pixel at all gets an empty mask (it is still normal).
+    A sample whose paste changed no pixel at all keeps an empty mask (it stays normal).
     """
     out = image.clone()
     mask = torch.zeros(image.shape[0], 1, *image.shape[2:], dtype=image.dtype, device=image.device)
-    owner, dy, dx, sy, sx = _footprint(p)
-    if owner.numel() == 0:
-        return out, mask
-    pixels = image[owner, :, sy, sx]  # [N,3]
-    pixels = color_jitter(pixels, owner, p.jitter.to(pixels.dtype), p.order)
-    before = image[owner, :, dy, dx]
-    change = (pixels - before).abs()
-    keep = change.mean(1) * 255.0 > effective_tol if effective_tol is not None else change.amax(1) > 0
-    n_changed = torch.zeros(image.shape[0], dtype=torch.long, device=image.device).index_add_(0, owner, keep.long())
-    if effective_tol is not None:
-        owner, dy, dx, pixels = owner[keep], dy[keep], dx[keep], pixels[keep]
-    else:  # geometric footprint, but a sample whose paste changed nothing stays normal
-        keep = (n_changed > 0)[owner]
-        owner, dy, dx, pixels = owner[keep], dy[keep], dx[keep], pixels[keep]
-    out[owner, :, dy, dx] = pixels
-    mask[owner, 0, dy, dx] = 1.0
+    active = p.active.tolist()
+    angle = p.angle.tolist()
+    order = p.order.tolist()
+    flat_idx = sorted((i for i in range(len(active)) if active[i] and angle[i] == 0), key=lambda i: order[i])
+    rot_idx = sorted((i for i in range(len(active)) if active[i] and angle[i] != 0), key=lambda i: order[i])
+
+    if flat_idx:  # rectangles: gather by slicing into one [3, N] buffer, jitter, copy back
+        hs, ws = p.h.tolist(), p.w.tolist()
+        sy, sx, dy, dx = p.src_y.tolist(), p.src_x.tolist(), p.dst_y.tolist(), p.dst_x.tolist()
+        counts = [hs[i] * ws[i] for i in flat_idx]
+        buf = torch.empty(3, sum(counts), dtype=image.dtype, device=image.device)
+        a = 0
+        for i, n in zip(flat_idx, counts):
+            buf[:, a:a + n].view(3, hs[i], ws[i]).copy_(image[i, :, sy[i]:sy[i] + hs[i], sx[i]:sx[i] + ws[i]])
+            a += n
+        sel = torch.tensor(flat_idx, device=image.device)
+        buf = color_jitter(buf, torch.tensor(counts, device=image.device), p.jitter[sel], p.order[sel])
+        a = 0
+        for i, n in zip(flat_idx, counts):
+            new = buf[:, a:a + n].view(3, hs[i], ws[i])
+            dst = out[i, :, dy[i]:dy[i] + hs[i], dx[i]:dx[i] + ws[i]]
+            keep = _changed(new, dst, effective_tol)
+            a += n
+            if effective_tol is None:
+                if bool(keep.any()):
+                    dst.copy_(new)
+                    mask[i, 0, dy[i]:dy[i] + hs[i], dx[i]:dx[i] + ws[i]] = 1.0
+            else:
+                dst.copy_(torch.where(keep, new, dst))
+                mask[i, 0, dy[i]:dy[i] + hs[i], dx[i]:dx[i] + ws[i]] = keep.to(mask.dtype)
+
+    if rot_idx:  # rotated strips: nearest-neighbour footprint through flat indices
+        owner, ddy, ddx, ssy, ssx = _footprint(p, rot_idx)
+        counts = torch.bincount(owner, minlength=len(active))[torch.tensor(rot_idx, device=image.device)]
+        pixels = image[owner, :, ssy, ssx].t()  # [3, N], owners in rot_idx order
+        sel = torch.tensor(rot_idx, device=image.device)
+        pixels = color_jitter(pixels, counts, p.jitter[sel], p.order[sel])
+        before = image[owner, :, ddy, ddx].t()
+        keep = _changed(pixels, before, effective_tol)
+        if effective_tol is None:  # geometric footprint, unless the sample changed nothing at all
+            n_changed = torch.zeros(len(active), dtype=torch.long, device=image.device).index_add_(0, owner, keep.long())
+            keep = (n_changed > 0)[owner]
+        owner, ddy, ddx, pixels = owner[keep], ddy[keep], ddx[keep], pixels[:, keep]
+        out[owner, :, ddy, ddx] = pixels.t()
+        mask[owner, 0, ddy, ddx] = 1.0
     return out, mask
