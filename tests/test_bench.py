@@ -1,0 +1,155 @@
+"""The bench engine and the bench/evaluate CLI, end to end on tiny settings (tiny generator, 32 px, few steps)."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import pytest
+import torch
+from pydantic import Field
+
+from anoplug import GeneratorSpec, hookimpl
+from anoplug.bench import BenchConfig, BenchError, parse_data, run_bench, spearman, split_shots
+from anoplug.generator import Generator, Paper
+from anoplug.params import Params
+
+
+class _DarkParams(Params):
+    side: int = Field(8, ge=2, le=64, description="square side in pixels")
+
+
+class TinyDark(Generator):
+    """Darkens a random square: a stand-in generator registered only in these tests."""
+
+    name = "tiny-dark"
+    title = "tiny dark square"
+    category = "cutpaste"
+    paper = Paper("test generator", "", 2026, "https://example.invalid")
+    Params = _DarkParams
+
+    def sample(self, batch: Any, rngs: Any) -> list[dict]:
+        h = batch.image.shape[-1]
+        return [{"y": int(torch.randint(0, h - self.params.side, (1,), generator=g)),
+                 "x": int(torch.randint(0, h - self.params.side, (1,), generator=g))} for g in rngs]
+
+    def apply(self, batch: Any, samples: list[dict], **conditions: Any) -> Any:
+        out = batch.clone()
+        s = self.params.side
+        for i, p in enumerate(samples):  # one slice per sample, not per pixel
+            out.mask[i, :, p["y"]:p["y"] + s, p["x"]:p["x"] + s] = 1
+        out.image = (out.image - 0.3 * out.mask).clamp(0, 1)
+        out.label = ["dark"] * len(out)
+        return out
+
+
+class _TinyPlugin:
+    @hookimpl
+    def anoplug_generators(self) -> list[GeneratorSpec]:
+        return [GeneratorSpec("tiny-dark", TinyDark, title="tiny dark square")]
+
+
+@pytest.fixture
+def registry(tmp_plugin: Any) -> Any:
+    import anoplug_asbench.plugin
+    import anoplug_metrics.plugin
+
+    tmp_plugin(_TinyPlugin(), "tiny")
+    tmp_plugin(anoplug_metrics.plugin, "metrics")
+    tmp_plugin(anoplug_asbench.plugin, "asbench")
+    try:  # a real second member for the hybrid, when the CutPaste plugin is installed
+        import anoplug_cutpaste.plugin
+
+        tmp_plugin(anoplug_cutpaste.plugin, "cutpaste")
+    except ImportError:
+        pass
+    return tmp_plugin
+
+
+TINY_EVAL = {"downstream-utility": {"steps": 3, "base_width": 2, "batch_size": 2},
+             "kid": {"subsets": 3, "resize": 32}, "ic-lpips": {"resize": 0}}
+
+
+def test_spearman_hand_values() -> None:
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    # Ties get average ranks: x ranks (1, 2.5, 2.5, 4), y ranks (1, 2, 3, 4) -> rho = 4.5 / sqrt(4.5 * 5).
+    assert spearman([1, 2, 2, 3], [1, 2, 3, 4]) == pytest.approx(4.5 / math.sqrt(4.5 * 5))
+    assert math.isnan(spearman([1, 2], [3, 4])) and math.isnan(spearman([1, 1, 1], [1, 2, 3]))
+
+
+def test_split_shots_first_third_per_type() -> None:
+    labels = ["good", "a", "b", "a", "good", "a", "b", "b", "a", "b", "a", "a"]
+    refs, held = split_shots(labels)
+    # 'a' at 1,3,5,8,10,11 -> first 2; 'b' at 2,6,7,9 -> first 1.
+    assert refs == [1, 2, 3]
+    assert sorted(refs + held) == list(range(len(labels))) and not set(refs) & set(held)
+
+
+def test_parse_data() -> None:
+    assert parse_data("toy:metal,wood") == ["toy:metal", "toy:wood"]
+    assert parse_data("mvtec:/d/mvtec/bottle,cable") == ["mvtec:/d/mvtec/bottle", "mvtec:/d/mvtec/cable"]
+    with pytest.raises(BenchError, match="SCHEME:CATEGORY"):
+        parse_data("metal")
+
+
+def test_bench_end_to_end(registry: Any, tmp_path: Any) -> None:
+    cfg = BenchConfig(generators=["tiny-dark", "tiny-dark+cutpaste"] if _has("cutpaste") else ["tiny-dark"],
+                      data=["toy:metal"], seeds=[0, 1], out=str(tmp_path / "b"), size=32, n_train=6, n_test=20,
+                      n_synthetic=6, evaluator_params=TINY_EVAL)
+    res = run_bench(cfg, progress=False)
+    out = tmp_path / "b"
+    for name in ("results.json", "results.md", "utility.png", "intrinsic_vs_utility.png"):
+        assert (out / name).is_file(), name
+    saved = json.loads((out / "results.json").read_text())
+    metrics = {(r["generator"], r["seed"], r["metric"]) for r in saved["rows"]}
+    assert ("tiny-dark", 1, "image_auroc") in metrics and ("tiny-dark", 0, "leakage") in metrics
+    assert ("tiny-dark", 0, "image_auroc_gain") in metrics
+    leak = [r["value"] for r in saved["rows"] if r["metric"] == "leakage" and r["generator"] == "tiny-dark"]
+    assert leak == [0.0, 0.0]  # the tiny generator changes nothing outside its mask
+    assert "Spearman" in (out / "results.md").read_text()
+    assert not res["runs"][0]["from_cache"]
+    # A re-run reads the cached generated sets.
+    again = run_bench(cfg, progress=False)
+    assert all(r["from_cache"] for r in again["runs"])
+
+
+def _has(name: str) -> bool:
+    from anoplug.registry import get_registry
+
+    try:
+        get_registry().spec("generators", name)
+        return True
+    except LookupError:
+        return False
+
+
+def test_bench_unknown_generator_fails_early(registry: Any, tmp_path: Any) -> None:
+    with pytest.raises(LookupError, match="no-such"):
+        run_bench(BenchConfig(generators=["no-such"], data=["toy:metal"], out=str(tmp_path)), progress=False)
+
+
+def test_cli_bench_and_evaluate(registry: Any, tmp_path: Any, capsys: Any) -> None:
+    from anoplug.cli import main
+    from anoplug.data.toy import ToyDataset
+    from anoplug.data.writer import write_generated
+
+    out = tmp_path / "cli"
+    rc = main(["bench", "--generators", "tiny-dark", "--data", "toy:metal", "--size", "32", "--n-train", "4",
+               "--n-test", "20", "--n-synthetic", "4", "--evaluators", "mask-precision,downstream-utility",
+               "--eval-param", "downstream-utility.steps=2", "--eval-param", "downstream-utility.base_width=2",
+               "--quiet", "--out", str(out)])
+    assert rc == 0 and (out / "results.md").is_file()
+    assert "| tiny-dark |" in capsys.readouterr().out
+    assert main(["bench", "--generators", "tiny-dark", "--data", "toy:metal", "--size", "40"]) == 2
+    assert main(["bench", "--generators", "tiny-dark", "--data", "toy:metal", "--seeds", "x"]) == 2
+
+    tree = tmp_path / "gen"
+    write_generated(TinyDark(), ToyDataset("metal", "train", size=32, length=4), tree, n=4, progress=False)
+    assert main(["evaluate", "--evaluator", "mask-precision", "--generated", str(tree / "metal")]) == 0
+    assert "leakage: 0.0000" in capsys.readouterr().out
+    assert main(["evaluate", "--evaluator", "kid", "--generated", str(tree / "metal"), "--real", "toy:metal",
+                 "--param", "subsets=2", "--param", "resize=32", "--out", str(tmp_path / "kid.json")]) == 0
+    assert json.loads((tmp_path / "kid.json").read_text())["evaluator"] == "kid"
+    assert main(["evaluate", "--evaluator", "kid", "--generated", str(tmp_path / "nowhere")]) == 2
