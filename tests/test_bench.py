@@ -139,11 +139,14 @@ def test_cli_bench_and_evaluate(registry: Any, tmp_path: Any, capsys: Any) -> No
     rc = main(["bench", "--generators", "tiny-dark", "--data", "toy:metal", "--size", "32", "--n-train", "4",
                "--n-test", "20", "--n-synthetic", "4", "--evaluators", "mask-precision,downstream-utility",
                "--eval-param", "downstream-utility.steps=2", "--eval-param", "downstream-utility.base_width=2",
-               "--quiet", "--out", str(out)])
+               "--ratios", "0.5,1", "--quiet", "--out", str(out)])
     assert rc == 0 and (out / "results.md").is_file()
+    evals = {r["evaluator"] for r in json.loads((out / "results.json").read_text())["rows"]}
+    assert {"downstream-utility@p=0.5", "downstream-utility@p=1"} <= evals  # the ASBench ratio sweep
     assert "| tiny-dark |" in capsys.readouterr().out
     assert main(["bench", "--generators", "tiny-dark", "--data", "toy:metal", "--size", "40"]) == 2
     assert main(["bench", "--generators", "tiny-dark", "--data", "toy:metal", "--seeds", "x"]) == 2
+    assert main(["bench", "--generators", "tiny-dark", "--data", "toy:metal", "--ratios", "2"]) == 2
 
     tree = tmp_path / "gen"
     write_generated(TinyDark(), ToyDataset("metal", "train", size=32, length=4), tree, n=4, progress=False)
