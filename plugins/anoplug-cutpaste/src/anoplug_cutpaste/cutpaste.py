@@ -95,59 +95,63 @@ def _uniform(rng: torch.Generator, n: int) -> list[float]:
     return torch.rand(n, generator=rng, dtype=torch.float64).tolist()
 
 
-def _jitter(rng: torch.Generator, j: float) -> dict:
-    u = _uniform(rng, 4)
-    factors = [max(0.0, 1 - j) + (1 + j - max(0.0, 1 - j)) * x for x in u[:3]] + [j * (2 * u[3] - 1)]
-    return {"jitter": factors, "order": torch.randperm(4, generator=rng).tolist()}
+def _jitter(u: list[float], j: float) -> dict:
+    """Jitter factors and a uniformly random order of the four operations from 8 uniforms."""
+    lo = max(0.0, 1 - j)
+    factors = [lo + (1 + j - lo) * x for x in u[:3]] + [j * (2 * u[3] - 1)]
+    order = sorted(range(4), key=lambda k: u[4 + k])  # the ranks of 4 uniforms: a uniform permutation
+    return {"jitter": factors, "order": order}
 
 
-def _position(rng: torch.Generator, box: tuple[int, int], size: tuple[int, int], obj: torch.Tensor | None) -> list[int]:
-    """Top-left corner of a ``box`` placed uniformly inside ``size``.
+def _position(u: tuple[float, float], rng: torch.Generator, box: tuple[int, int], size: tuple[int, int],
+              obj: torch.Tensor | None) -> list[int]:
+    """Top-left corner of a ``box`` placed uniformly inside ``size`` (from two uniforms ``u``).
 
     With an object mask, the first of ``OBJECT_TRIES`` uniform candidates whose centre lies
-    on the object wins (a fixed number of draws, so seeding stays per-sample).
+    on the object wins (a fixed number of extra draws, so seeding stays per-sample); if none
+    does, the plain uniform position is kept.
     """
     (bh, bw), (H, W) = box, size
-    u = torch.rand(OBJECT_TRIES if obj is not None else 1, 2, generator=rng, dtype=torch.float64)
-    ys = (u[:, 0] * max(H - bh + 1, 1)).long()
-    xs = (u[:, 1] * max(W - bw + 1, 1)).long()
+    ny, nx = max(H - bh + 1, 1), max(W - bw + 1, 1)
     if obj is not None:
+        c = torch.rand(OBJECT_TRIES, 2, generator=rng, dtype=torch.float64)
+        ys, xs = (c[:, 0] * ny).long(), (c[:, 1] * nx).long()
         on = obj[(ys + bh // 2).clamp(max=H - 1), (xs + bw // 2).clamp(max=W - 1)] > 0
         if bool(on.any()):
             k = int(on.nonzero()[0])
             return [int(ys[k]), int(xs[k])]
-    return [int(ys[0]), int(xs[0])]
+    return [int(u[0] * ny), int(u[1] * nx)]
 
 
 def sample_normal(rng: torch.Generator, size: tuple[int, int], p: Any, obj: torch.Tensor | None = None) -> dict:
     """Draw one CutPaste-normal patch (area, aspect, source, destination, jitter)."""
     H, W = size
-    u_area, u_aspect = _uniform(rng, 2)
-    area = p.area_min + (p.area_max - p.area_min) * u_area
+    u = _uniform(rng, 14)
+    area = p.area_min + (p.area_max - p.area_min) * u[0]
     lo, hi = math.log(p.aspect_ratio), math.log(1 / p.aspect_ratio)
-    aspect = math.exp(lo + (hi - lo) * u_aspect)  # width / height
+    aspect = math.exp(lo + (hi - lo) * u[1])  # width / height
     w = min(max(round(math.sqrt(area * H * W * aspect)), 1), W)
     h = min(max(round(math.sqrt(area * H * W / aspect)), 1), H)
     return {"kind": "cutpaste", "area_draw": area, "aspect_draw": aspect, "h": h, "w": w, "angle": 0.0,
-            "box": [h, w], "area_ratio": h * w / (H * W), "src": _position(rng, (h, w), size, obj),
-            "dst": _position(rng, (h, w), size, obj), **_jitter(rng, p.jitter)}
+            "box": [h, w], "area_ratio": h * w / (H * W), "src": _position((u[2], u[3]), rng, (h, w), size, obj),
+            "dst": _position((u[4], u[5]), rng, (h, w), size, obj), **_jitter(u[6:], p.jitter)}
 
 
 def sample_scar(rng: torch.Generator, size: tuple[int, int], p: Any, obj: torch.Tensor | None = None) -> dict:
     """Draw one CutPaste-scar strip (width, length, angle, source, destination, jitter)."""
     H, W = size
     scale = math.sqrt(H * W) / REFERENCE_SIDE if p.scale_with_image else 1.0
-    u_w, u_l, u_a = _uniform(rng, 3)
-    width = p.width_min + (p.width_max - p.width_min) * u_w
-    length = p.length_min + (p.length_max - p.length_min) * u_l
-    angle = p.rotation * (2 * u_a - 1)
+    u = _uniform(rng, 15)
+    width = p.width_min + (p.width_max - p.width_min) * u[0]
+    length = p.length_min + (p.length_max - p.length_min) * u[1]
+    angle = p.rotation * (2 * u[2] - 1)
     w = min(max(round(width * scale), 1), W)
     h = min(max(round(length * scale), 1), H)
     bh, bw = rotated_box(h, w, angle)
     bh, bw = min(bh, H), min(bw, W)
     return {"kind": "scar", "width_draw": width, "length_draw": length, "h": h, "w": w, "angle": angle,
-            "box": [bh, bw], "src": _position(rng, (h, w), size, obj), "dst": _position(rng, (bh, bw), size, obj),
-            **_jitter(rng, p.jitter)}
+            "box": [bh, bw], "src": _position((u[3], u[4]), rng, (h, w), size, obj),
+            "dst": _position((u[5], u[6]), rng, (bh, bw), size, obj), **_jitter(u[7:], p.jitter)}
 
 
 # -- the generators ----------------------------------------------------------------------------
@@ -172,15 +176,12 @@ class _CutPasteBase(Generator):
     def apply(self, batch: Batch, samples: list[dict], **conditions: Any) -> Batch:
         dev = batch.image.device
 
-        def col(key: str, k: int | None = None, dtype: torch.dtype = torch.long) -> torch.Tensor:
-            vals = [s[key] if k is None else s[key][k] for s in samples]
-            return torch.tensor(vals, dtype=dtype, device=dev)
-
+        geometry = torch.tensor([[s["kind"] != GOOD, *s["src"], s["h"], s["w"], *s["dst"], *s["box"]] for s in samples],
+                                dtype=torch.long, device=dev)
         patches = Patches(
-            active=torch.tensor([s["kind"] != GOOD for s in samples], device=dev),
-            src_y=col("src", 0), src_x=col("src", 1), h=col("h"), w=col("w"),
-            angle=col("angle", dtype=torch.float64), dst_y=col("dst", 0), dst_x=col("dst", 1),
-            box_h=col("box", 0), box_w=col("box", 1),
+            active=geometry[:, 0].bool(), src_y=geometry[:, 1], src_x=geometry[:, 2], h=geometry[:, 3], w=geometry[:, 4],
+            angle=torch.tensor([s["angle"] for s in samples], dtype=torch.float64, device=dev),
+            dst_y=geometry[:, 5], dst_x=geometry[:, 6], box_h=geometry[:, 7], box_w=geometry[:, 8],
             jitter=torch.tensor([s["jitter"] for s in samples], dtype=torch.float64, device=dev),
             order=torch.tensor([s["order"] for s in samples], dtype=torch.long, device=dev))
         tol = EFFECTIVE_TOL if self.params.mask_mode == "effective" else None

@@ -97,26 +97,33 @@ def paste(image: torch.Tensor, p: Patches, *, effective_tol: float | None = None
         hs, ws = p.h.tolist(), p.w.tolist()
         sy, sx, dy, dx = p.src_y.tolist(), p.src_x.tolist(), p.dst_y.tolist(), p.dst_x.tolist()
         counts = [hs[i] * ws[i] for i in flat_idx]
-        buf = torch.empty(3, sum(counts), dtype=image.dtype, device=image.device)
+        buf = torch.empty(2, 3, sum(counts), dtype=image.dtype, device=image.device)  # [patch, what it covers]
         a = 0
         for i, n in zip(flat_idx, counts):
-            buf[:, a:a + n].view(3, hs[i], ws[i]).copy_(image[i, :, sy[i]:sy[i] + hs[i], sx[i]:sx[i] + ws[i]])
+            buf[0, :, a:a + n].view(3, hs[i], ws[i]).copy_(image[i, :, sy[i]:sy[i] + hs[i], sx[i]:sx[i] + ws[i]])
+            buf[1, :, a:a + n].view(3, hs[i], ws[i]).copy_(image[i, :, dy[i]:dy[i] + hs[i], dx[i]:dx[i] + ws[i]])
             a += n
         sel = torch.tensor(flat_idx, device=image.device)
-        buf = color_jitter(buf, torch.tensor(counts, device=image.device), p.jitter[sel], p.order[sel])
+        cnt = torch.tensor(counts, device=image.device)
+        new = color_jitter(buf[0], cnt, p.jitter[sel], p.order[sel])
+        keep = _changed(new, buf[1], effective_tol)
+        if effective_tol is None:  # geometric footprint, unless the sample changed nothing at all
+            owner = torch.repeat_interleave(torch.arange(len(flat_idx), device=image.device), cnt)
+            any_change = torch.zeros(len(flat_idx), dtype=torch.long, device=image.device).index_add_(0, owner, keep.long())
+            writes = (any_change > 0).tolist()
+        else:
+            new = torch.where(keep, new, buf[1])
+            writes = [True] * len(flat_idx)
         a = 0
-        for i, n in zip(flat_idx, counts):
-            new = buf[:, a:a + n].view(3, hs[i], ws[i])
-            dst = out[i, :, dy[i]:dy[i] + hs[i], dx[i]:dx[i] + ws[i]]
-            keep = _changed(new, dst, effective_tol)
+        for i, n, w in zip(flat_idx, counts, writes):
+            if w:
+                out[i, :, dy[i]:dy[i] + hs[i], dx[i]:dx[i] + ws[i]].copy_(new[:, a:a + n].view(3, hs[i], ws[i]))
+                region = mask[i, 0, dy[i]:dy[i] + hs[i], dx[i]:dx[i] + ws[i]]
+                if effective_tol is None:
+                    region.fill_(1.0)
+                else:
+                    region.copy_(keep[a:a + n].view(hs[i], ws[i]))
             a += n
-            if effective_tol is None:
-                if bool(keep.any()):
-                    dst.copy_(new)
-                    mask[i, 0, dy[i]:dy[i] + hs[i], dx[i]:dx[i] + ws[i]] = 1.0
-            else:
-                dst.copy_(torch.where(keep, new, dst))
-                mask[i, 0, dy[i]:dy[i] + hs[i], dx[i]:dx[i] + ws[i]] = keep.to(mask.dtype)
 
     if rot_idx:  # rotated strips: nearest-neighbour footprint through flat indices
         owner, ddy, ddx, ssy, ssx = _footprint(p, rot_idx)
