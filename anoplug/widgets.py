@@ -262,13 +262,15 @@ class Explorer(W.VBox):
     """The automatic explorer: controls, seed box, optional Generate button, status line, output grid.
 
     ``result`` holds the last generated :class:`Batch`, ``error`` the last callback error,
-    ``calls`` counts generations actually computed (cache hits excluded). ``update()``
-    regenerates now, bypassing the debounce.
+    ``reports`` the last reports of the ``evaluators`` (shown in the status line), ``calls``
+    counts generations actually computed (cache hits excluded). ``update()`` regenerates now,
+    bypassing the debounce.
     """
 
     def __init__(self, generator: Any, images: Any = None, *, fixed: dict | None = None, conditions: dict | None = None,
                  seed: int = 0, n: int = 4, size: int = 128, manual: bool | None = None, debounce_s: float = 0.15,
-                 cache_size: int = 32, height: int = 420, show: Sequence[str] | None = None, spec: Any = None) -> None:
+                 cache_size: int = 32, height: int = 420, show: Sequence[str] | None = None,
+                 evaluators: Sequence[str] = (), spec: Any = None) -> None:
         if isinstance(generator, type):
             self.generator_cls, self._instance = generator, None
         else:
@@ -287,6 +289,11 @@ class Explorer(W.VBox):
         self.error: BaseException | None = None
         self.calls = 0
         self.png: bytes = b""
+        from anoplug.registry import get_registry
+
+        #: per-sample evaluators run on every new result (given the source images as ``normals``)
+        self.evaluators = [get_registry().get_evaluator(e) for e in evaluators]
+        self.reports: dict[str, Any] = {}
 
         self.controls = controls_for(self.params_cls, self.fixed, show=show)
         if self._instance is not None:  # start from the instance's current values
@@ -354,16 +361,18 @@ class Explorer(W.VBox):
             src = self.images if len(out) == len(self.images) else \
                 self.images[[i % len(self.images) for i in range(len(out))]]  # e.g. a duplicated batch
             png = render_result(src, out)
+            reports = {ev.name: ev.evaluate(out, normals=src) for ev in self.evaluators}
             self.calls += 1
-            self.cache.put(key, (out, png))
+            self.cache.put(key, (out, png, reports))
             note = f"generated in {time.perf_counter() - t0:.2f} s"
         else:
-            out, png = hit
+            out, png, reports = hit
             note = "from cache"
-        self.result, self.png, self.error = out, png, None
+        self.result, self.png, self.reports, self.error = out, png, reports, None
         self.image.value = png
         n_anom = sum(lbl != "good" for lbl in out.label)
-        self.status.value = f"<span style='color:#2a6'>{note} · {n_anom}/{len(out)} anomalous</span>"
+        scores = "".join(f" · {html.escape(k)} {m.value:.3g}" for r in reports.values() for k, m in list(r.metrics.items())[:4])
+        self.status.value = f"<span style='color:#2a6'>{note} · {n_anom}/{len(out)} anomalous{scores}</span>"
         return out
 
     def _safe_update(self) -> None:
@@ -422,13 +431,14 @@ def _feature_preview(gen: Any, images: Batch, seed: int) -> Batch:
 
 
 def explore(name: Any, images: Any = None, *, seed: int = 0, n: int = 4, size: int = 128, manual: bool | None = None,
-            conditions: dict | None = None, show: Sequence[str] | None = None, debounce_s: float = 0.15,
-            **fixed: Any) -> Any:
+            conditions: dict | None = None, show: Sequence[str] | None = None, evaluators: Sequence[str] = (),
+            debounce_s: float = 0.15, **fixed: Any) -> Any:
     """An interactive explorer for generator ``name`` (a registered name, a class, or a fitted instance).
 
     ``fixed`` parameters get no control; ``show`` limits the controls to those names (the
-    others keep their defaults); ``conditions`` are passed to ``generate``. A plugin's
-    ``anoplug_make_explorer`` hook may return its own explorer instead.
+    others keep their defaults); ``conditions`` are passed to ``generate``; ``evaluators``
+    (per-sample ones, e.g. ``"mask-precision"``) score every result in the status line. A
+    plugin's ``anoplug_make_explorer`` hook may return its own explorer instead.
     """
     from anoplug.registry import get_registry
 
@@ -446,7 +456,7 @@ def explore(name: Any, images: Any = None, *, seed: int = 0, n: int = 4, size: i
     else:
         target = name
     return Explorer(target, images, fixed=fixed, conditions=conditions, seed=seed, n=n, size=size, manual=manual,
-                    debounce_s=debounce_s, show=show, spec=spec)
+                    debounce_s=debounce_s, show=show, evaluators=evaluators, spec=spec)
 
 
 # -- side-by-side comparison -----------------------------------------------------------------

@@ -14,7 +14,8 @@ import pytest
 import torch
 from pydantic import Field
 
-from anoplug import GeneratorSpec, hookimpl
+from anoplug import EvaluatorSpec, GeneratorSpec, hookimpl
+from anoplug.evaluator import Evaluator, Metric, Report
 from anoplug.generator import FeatureGenerator, Generator, Paper
 from anoplug.params import ParamError, Params
 from anoplug.seeding import resolve_seeds, rngs_for
@@ -247,3 +248,30 @@ def test_show_limits_the_controls(square):
     assert list(ex.controls) == ["side"]
     with pytest.raises(ParamError, match="nope"):
         explore("test-square", square, show=["nope"])
+
+
+class AreaEvaluator(Evaluator):
+    """Mean anomalous area: enough to see that the explorer scores every new result."""
+
+    name = "test-area"
+    title = "area"
+
+    def evaluate(self, generated, *, normals=None, real=None):
+        assert normals is not None and len(normals) == len(generated)
+        return Report(self.name, {"area": Metric(float(generated.mask.mean()), False, "mean mask area")})
+
+
+def test_explorer_scores_results_with_evaluators(square, tmp_plugin):
+    class P:
+        @hookimpl
+        def anoplug_evaluators(self):
+            return [EvaluatorSpec("test-area", AreaEvaluator, title="area", kind="per_sample")]
+
+    tmp_plugin(P(), "area-plugin")
+    ex = explore("test-square", square, evaluators=["test-area"], debounce_s=0)
+    small = ex.reports["test-area"]["area"]
+    assert "area" in ex.status.value
+    ex.controls["side"].value = 0.55
+    assert ex.reports["test-area"]["area"] > small
+    ex.controls["side"].value = 0.3  # cached results keep their reports
+    assert ex.reports["test-area"]["area"] == small
