@@ -8,7 +8,9 @@ the same batch (image + mask: the memory-bandwidth floor of returning a new batc
 
 - ``ratio_to_clone``: the whole public ``generate()`` call, including the host's input and
   output validation (value-range and binary-mask scans);
-- ``core_ratio_to_clone``: the method alone (``_generate``: sampling + applying).
+- ``core_ratio_to_clone``: the method alone (``_generate``: sampling + applying);
+- ``cpu_*``: the same from this process's CPU time (``time.process_time``), steadier than wall
+  time on a machine shared with other jobs.
 
 NSA is also timed through the OpenCV path (``anoplug_nsa.reference``: cv2.resize,
 cv2.seamlessClone, cv2.medianBlur and scikit-image's disk median, one image at a time, the
@@ -18,11 +20,17 @@ official implementation's operations) on the same sampled geometry, as the basel
 
 from __future__ import annotations
 
+import os
+
+# Torch's OpenMP threads busy-wait by default; on a machine shared with other jobs two threads then
+# spin against each other (a 2-thread scar call measured 1.6 s instead of 0.05 s). Passive waiting
+# is the setting that makes 1- vs 2-thread figures mean anything here; it is recorded in the JSON.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import argparse
 import cProfile
 import io
 import json
-import os
 import platform
 import pstats
 import statistics
@@ -44,14 +52,16 @@ TARGETS = {  # issue 4
 }
 
 
-def _median_time(fn, repeats: int) -> float:
+def _median_time(fn, repeats: int) -> tuple[float, float]:
+    """Median (wall seconds, CPU seconds of this process) over ``repeats`` calls after a warm-up."""
     fn()  # warm-up (caches, allocator)
-    times = []
+    wall, cpu = [], []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    return statistics.median(wall), statistics.median(cpu)
 
 
 def _configs() -> list[tuple[str, str, dict, str]]:
@@ -122,16 +132,19 @@ def main() -> None:
                     batches[key] = ToyDataset(category, size=size).batch(list(range(args.batch)))
                 batch = batches[key]
                 gen = anoplug.get_generator(name, **params)
-                clone_s = _median_time(lambda: batch.clone(), args.repeats)  # noqa: B023
-                gen_s = _median_time(lambda: gen.generate(batch, seed=1), args.repeats)  # noqa: B023
+                clone_s, clone_cpu = _median_time(lambda: batch.clone(), args.repeats)  # noqa: B023
+                gen_s, gen_cpu = _median_time(lambda: gen.generate(batch, seed=1), args.repeats)  # noqa: B023
                 seeds = resolve_seeds(len(batch), seed=1)
-                core_s = _median_time(lambda: gen._generate(batch, rngs_for(seeds)), args.repeats)  # noqa: B023
+                core_s, core_cpu = _median_time(lambda: gen._generate(batch, rngs_for(seeds)), args.repeats)  # noqa: B023
                 row = {"method": label, "generator": name, "params": params, "input": f"toy:{category}",
                        "size": size, "threads": threads, "batch": len(batch),
                        "img_per_s": round(len(batch) / gen_s, 1), "median_s": round(gen_s, 5),
                        "core_img_per_s": round(len(batch) / core_s, 1), "core_median_s": round(core_s, 5),
                        "clone_median_s": round(clone_s, 5), "ratio_to_clone": round(gen_s / clone_s, 2),
-                       "core_ratio_to_clone": round(core_s / clone_s, 2)}
+                       "core_ratio_to_clone": round(core_s / clone_s, 2),
+                       "cpu_ratio_to_clone": round(gen_cpu / clone_cpu, 2),
+                       "core_cpu_ratio_to_clone": round(core_cpu / clone_cpu, 2),
+                       "cpu_img_per_s": round(len(batch) / gen_cpu, 1)}
                 if name == "nsa":
                     ref = statistics.median(_opencv_nsa(batch, gen, seed=1) for _ in range(3))
                     row["opencv_path_img_per_s"] = round(len(batch) / ref, 1)
@@ -148,16 +161,19 @@ def main() -> None:
     for prefix in ("cutpaste", "cutpaste-scar", "cutpaste-3way"):
         for r in [r for r in rows if r["method"] == prefix]:
             checks[f"{prefix} {r['size']}² {r['threads']}t ratio ≤ 3"] = {
-                "generate": r["ratio_to_clone"], "core": r["core_ratio_to_clone"],
+                "generate": r["ratio_to_clone"], "core": r["core_ratio_to_clone"], "core_cpu": r["core_cpu_ratio_to_clone"],
                 "met": r["ratio_to_clone"] <= TARGETS["cutpaste_ratio"]}
     for prefix, target in (("draem", TARGETS["draem_img_per_s_256_1t"]), ("nsa", TARGETS["nsa_img_per_s_256_1t"])):
         for r in find(prefix, 256, 1):
             checks[f"{r['method']} 256² 1t ≥ {target:g} img/s"] = {"img_per_s": r["img_per_s"],
+                                                                   "cpu_img_per_s": r["cpu_img_per_s"],
                                                                    "met": r["img_per_s"] >= target}
     report = {
         "benchmark": "cutpaste family throughput (issue 4)",
         "command": "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_cutpaste_family.py",
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
+                    "load_average_at_end": list(os.getloadavg()),
+                    "env": {k: os.environ.get(k, "") for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")},
                     "note": "shared machine: medians of repeated calls; absolute numbers are noisy, ratios less so"},
         "repeats": args.repeats, "targets": TARGETS, "checks": checks, "results": rows, "profiles": profiles,
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
