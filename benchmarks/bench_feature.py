@@ -121,7 +121,7 @@ def _metrics(model, test) -> dict:
     return {k: round(float(m[k]), 4) for k in QUALITY_KEYS}
 
 
-def quality(category: str, size: int, ssn_steps: int, pbas_steps: int) -> dict:
+def quality(category: str, size: int, ssn_steps: int, pbas_steps: int, ssn_long_steps: int = 0) -> dict:
     train, test = ToyDataset(category, "train", size).all(), ToyDataset(category, "test", size).all()
     out: dict = {"category": category, "image_size": size, "n_train": len(train), "n_test": len(test)}
     ssn_kw = {"image_size": size, "batch_size": 8, "seg_hidden": 256, "dec_hidden": 16}
@@ -131,6 +131,8 @@ def quality(category: str, size: int, ssn_steps: int, pbas_steps: int) -> dict:
             "no_synthesis": (SuperSimpleNet(**ssn_kw, empty_probability=1.0), ssn_steps),
             "with_synthesis_sigma0.015": (SuperSimpleNet(**ssn_kw), ssn_steps),
             "with_synthesis_sigma1.0": (SuperSimpleNet(**ssn_kw, noise_std=1.0), ssn_steps)}
+    if ssn_long_steps:
+        runs[f"with_synthesis_sigma0.015_{ssn_long_steps}steps"] = (SuperSimpleNet(**ssn_kw), ssn_long_steps)
     out["supersimplenet"] = {"config": {**ssn_kw, "steps": ssn_steps}}
     for name, (model, steps) in runs.items():
         t = time.perf_counter()
@@ -156,6 +158,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--ssn-steps", type=int, default=150)
     ap.add_argument("--pbas-steps", type=int, default=150)
+    ap.add_argument("--ssn-long-steps", type=int, default=0, help="also train SSN with σ = 0.015 for this many steps")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
@@ -169,7 +172,7 @@ def main() -> None:
         result["step_time"] = step_times(args.steps)
         print(json.dumps(result["step_time"], indent=1), flush=True)
     if args.quality or args.only == "quality":
-        result["quality"] = quality(args.category, args.size, args.ssn_steps, args.pbas_steps)
+        result["quality"] = quality(args.category, args.size, args.ssn_steps, args.pbas_steps, args.ssn_long_steps)
         print(json.dumps(result["quality"], indent=1), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_suffix(".tmp")
