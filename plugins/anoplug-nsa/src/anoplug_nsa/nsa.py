@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
@@ -70,6 +70,13 @@ class _Context:
     source_obj: list[torch.Tensor | None]  # per source image
     presets: list[tuple[str, presets.Preset]]
     _levels: tuple[torch.Tensor, torch.Tensor] | None = None
+    _integrals: dict = field(default_factory=dict)
+
+    def integral(self, j: int) -> torch.Tensor:
+        """Summed-area table of source object mask ``j`` (box sums in O(1) for rejection sampling)."""
+        if j not in self._integrals:
+            self._integrals[j] = F.pad(self.source_obj[j].double().cumsum(0).cumsum(1), (1, 0, 1, 0))
+        return self._integrals[j]
 
     def levels(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(destination, source) images in grey levels, computed on first use (sampling needs none)."""
@@ -170,14 +177,15 @@ class NSA(Generator):
                 present = k == 0 or int(_randint(rng, 0, 2)) > 0
                 n_drawn += present
                 patches.append(self._sample_patch(rng, (H, W), preset, d_obj if use_obj else None,
-                                                  s_obj if use_obj else None) if present else None)
+                                                  s_obj if use_obj else None, ctx.integral(j) if use_obj else None)
+                               if present else None)
             clone = preset.clone if p.clone == "preset" else p.clone
             out.append({"preset": name, "source_index": j, "source": "extras" if ctx.source_from_extras else "batch",
                         "clone": clone, "logistic": list(preset.logistic), "n_drawn": n_drawn, "patches": patches})
         return out
 
     def _sample_patch(self, rng: torch.Generator, size: tuple[int, int], preset: presets.Preset,
-                      d_obj: torch.Tensor | None, s_obj: torch.Tensor | None) -> dict | None:
+                      d_obj: torch.Tensor | None, s_obj: torch.Tensor | None, integral: torch.Tensor | None) -> dict | None:
         p = self.params
         H, W = size
         (h_lo, h_hi), (w_lo, w_hi) = preset.width_bounds
@@ -191,8 +199,7 @@ class NSA(Generator):
         c1, c2 = _randint(rng, min1, H - min1, tries), _randint(rng, min2, W - min2, tries)
         y0, y1 = (c1 - half1).clamp(0, H), (c1 + half1).clamp(0, H)
         x0, x1 = (c2 - half2).clamp(0, W), (c2 + half2).clamp(0, W)
-        if s_obj is not None:
-            integral = F.pad(s_obj.double().cumsum(0).cumsum(1), (1, 0, 1, 0))
+        if integral is not None:
             inside = integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0]
             ok = inside / ((y1 - y0) * (x1 - x0)).clamp(min=1) > preset.min_object_pct
             if not bool(ok.any()):
