@@ -331,7 +331,7 @@ def _main_column(metric: str) -> bool:
 
 
 def markdown(results: dict) -> str:
-    rows = results["rows"]
+    rows = results["rows"] + baseline_rows(results)
     agg = _aggregate(rows)
     cfg = results["config"]
     metrics = list(dict.fromkeys(f"{r['evaluator']}/{r['metric']}" for r in rows))
@@ -358,9 +358,9 @@ def markdown(results: dict) -> str:
                     cells.append(_fmt(*agg[(cat, g, m)][:3]) if (cat, g, m) in agg else "n/a")
             lines.append(f"| {g} | " + " | ".join(cells) + " |")
         lines.append("")
-    corr = correlations(rows)
+    corr = correlations(results["rows"])
     if corr:
-        n_cells = len({(r["category"], r["generator"]) for r in rows})
+        n_cells = len({(r["category"], r["generator"]) for r in results["rows"]})
         det = list(dict.fromkeys(c["detection"] for c in corr))
         lines += [f"## Spearman ρ, intrinsic metric vs detection metric (over {n_cells} category × generator means)", "",
                   "| intrinsic \\ detection | " + " | ".join(_short(d, det) for d in det) + " |", "|---|" + "---|" * len(det)]
@@ -380,7 +380,7 @@ def plots(results: dict, out: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = results["rows"]
+    rows = results["rows"] + baseline_rows(results)
     agg = _aggregate(rows)
     cats = list(dict.fromkeys(r["category"] for r in rows))
     gens = list(dict.fromkeys(r["generator"] for r in rows))
@@ -411,7 +411,7 @@ def plots(results: dict, out: Path) -> list[Path]:
         nrow = math.ceil(len(intrinsic) / cols)
         fig, axes = plt.subplots(nrow, cols, figsize=(3.4 * cols, 3.0 * nrow), squeeze=False)
         for ax, im in zip(axes.flat, intrinsic):
-            for g in gens:
+            for g in [g for g in gens if g != BASELINE_NAME]:
                 xs = [agg.get((c, g, im), (np.nan,))[0] for c in cats]
                 ys = [agg.get((c, g, target), (np.nan,))[0] for c in cats]
                 ax.scatter(xs, ys, label=g)
@@ -426,6 +426,26 @@ def plots(results: dict, out: Path) -> list[Path]:
         plt.close(fig)
         written.append(p)
     return written
+
+
+BASELINE_NAME = "(normals only)"
+
+
+def baseline_rows(results: dict) -> list[dict]:
+    """Rows for the no-anomaly detector that ``downstream-utility`` trains as its baseline (one per category/seed)."""
+    seen, rows = set(), []
+    for run in results.get("runs", []):
+        for tag, ev in run["evaluators"].items():
+            base = (ev.get("details") or {}).get("baseline")
+            if not base:
+                continue
+            for k, v in base["metrics"].items():
+                key = (run["category"], run["seed"], tag, k)
+                if key not in seen:
+                    seen.add(key)
+                    rows.append({"category": run["category"], "generator": BASELINE_NAME, "seed": run["seed"],
+                                 "evaluator": tag, "metric": k, "value": v, "higher_is_better": True, "kind": "downstream"})
+    return rows
 
 
 def write_outputs(results: dict, out: Path) -> dict[str, Path]:
