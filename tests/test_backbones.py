@@ -50,8 +50,10 @@ def test_random_init_does_not_touch_the_global_rng() -> None:
     torch.manual_seed(123)
     expected = torch.rand(3)
     torch.manual_seed(123)
-    bb.get_backbone("resnet18", pretrained=False)
+    a = bb.get_backbone("efficientnet-lite0", pretrained=False)
     assert torch.equal(torch.rand(3), expected)
+    b = bb.get_backbone("efficientnet-lite0", pretrained=False)
+    assert torch.equal(a.stages["stage3"][0]._project_conv.weight, b.stages["stage3"][0]._project_conv.weight)
 
 
 def test_lite0_loads_the_bundled_imagenet_weights_safely(monkeypatch: pytest.MonkeyPatch) -> None:
