@@ -324,8 +324,10 @@ class Explorer(W.VBox):
 
     # -- values ---------------------------------------------------------------------
     def values(self) -> dict[str, Any]:
-        """The current parameter values (controls + fixed), unvalidated."""
-        vals = {k: _read_control(self.params_cls, k, w) for k, w in self.controls.items()}
+        """The current parameter values, unvalidated: a given instance's own values (defaults for a
+        class), overridden by the controls, overridden by ``fixed``."""
+        vals = self._instance.params.model_dump() if self._instance is not None else {}
+        vals.update({k: _read_control(self.params_cls, k, w) for k, w in self.controls.items()})
         vals.update(self.fixed)
         return vals
 

@@ -161,13 +161,14 @@ def test_learned_method_by_name_says_fit_first(tmp_plugin):
     tmp_plugin(P(), "learned-plugin")
     with pytest.raises(ValueError, match="fit or load it first"):
         explore("test-learned")
-    g = Learned()
+    g = Learned(brightness=0.2)
     g._fitted = True
-    ex = explore(g, make_toy_batch(1, 32))  # a fitted instance is explored as is, with a Generate button
+    ex = explore(g, make_toy_batch(1, 32), show=["side"])  # a fitted instance is explored as is, with a Generate button
     assert ex.button is not None and ex.result is not None and g.params.side == 0.3
     ex.controls["side"].value = 0.5
     ex.button.click()
     assert ex.result.meta[0]["params"]["side"] == 0.5 and g.params.side == 0.3  # the user's instance is untouched
+    assert ex.result.meta[0]["params"]["brightness"] == 0.2  # parameters without a control keep the instance's value
 
 
 def test_compare_one_row_per_method(square):
