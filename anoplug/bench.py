@@ -369,7 +369,7 @@ def markdown(results: dict) -> str:
             cells = ["n/a" if not math.isfinite(vals[d]) else f"{vals[d]:+.2f}" for d in det]
             lines.append(f"| {im} | " + " | ".join(cells) + " |")
         lines += ["", "n/a: fewer than 3 finite pairs or a constant metric. With few generators ρ is coarse "
-                  "(n=4 gives steps of 0.2); read it as a direction, not a measurement.", ""]
+                  "(n = 3 allows only ±1 and ±0.5); read it as a direction, not a measurement.", ""]
     return "\n".join(lines)
 
 

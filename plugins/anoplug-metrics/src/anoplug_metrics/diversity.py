@@ -132,18 +132,19 @@ class ICLPIPS(Evaluator):
             centres = self._embed(model, self._prep(real_b[ri])).double()
             gen_g = gen_b[gi]
             # One embedding per generated image; kept for the within-cluster pairs when it fits in memory.
-            keep = len(gen_g) * centres.shape[1] * 8 <= _EMBED_BUDGET_BYTES
+            keep = len(gen_g) * centres.shape[1] * 4 <= _EMBED_BUDGET_BYTES
             kept, dists = [], []
             for s in range(0, len(gen_g), self.params.chunk):
-                e = self._embed(model, self._prep(gen_g[list(range(s, min(s + self.params.chunk, len(gen_g))))])).double()
-                dists.append(torch.cdist(e, centres).pow(2))
+                e = self._embed(model, self._prep(gen_g[list(range(s, min(s + self.params.chunk, len(gen_g))))]))
+                dists.append(torch.cdist(e.double(), centres).pow(2))
                 if keep:
-                    kept.append(e)
+                    kept.append(e)  # float32: half the memory; distances are taken in float64
             d = torch.cat(dists).numpy()
             emb = torch.cat(kept) if keep else None
 
             def pairwise(idx: np.ndarray, emb: torch.Tensor | None = emb, gen_g: Batch = gen_g) -> np.ndarray:
-                e = emb[torch.as_tensor(idx)] if emb is not None else self._embed(model, self._prep(gen_g[idx.tolist()])).double()
+                e = emb[torch.as_tensor(idx)] if emb is not None else self._embed(model, self._prep(gen_g[idx.tolist()]))
+                e = e.double()
                 return torch.cdist(e, e).pow(2).numpy()
 
             per_type[name], clusters[name] = cluster_diversity(d, pairwise, cap=cap, ordered=ordered,
