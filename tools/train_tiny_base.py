@@ -45,13 +45,18 @@ def flip_augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return torch.where(flip[:, None, None, None], x.flip(-1), x)
 
 
-def train_vae(vae, images: torch.Tensor, steps: int, batch: int, lr: float, kl_weight: float, g: torch.Generator, log):
+def train_vae(vae, images: torch.Tensor, steps: int, batch: int, lr: float, kl_weight: float, g: torch.Generator, log,
+              crop: int = 0):
+    """L1 + MSE reconstruction with a tiny KL term; on random ``crop``-px crops (the VAE is convolutional) when > 0."""
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
     vae.train()
     curve = []
     for step in range(steps):
         idx = torch.randint(0, len(images), (batch,), generator=g)
         x = flip_augment(images[idx], g) * 2 - 1
+        if 0 < crop < x.shape[-1]:
+            oy, ox = (int(v) for v in torch.randint(0, x.shape[-1] - crop + 1, (2,), generator=g))
+            x = x[..., oy:oy + crop, ox:ox + crop]
         post = vae.encode(x).latent_dist
         z = post.mean + post.std * torch.randn(post.mean.shape, generator=g)
         rec = vae.decode(z).sample
@@ -108,24 +113,68 @@ def train_unet(unet, text_encoder, tokenizer, latents: torch.Tensor, captions: l
     return curve
 
 
+@torch.no_grad()
+def sample_grid(model_dir: str, path: str, seed: int = 0, steps: int = 50, guidance: float = 3.0) -> None:
+    """Rows: toy categories; columns: 2 real images, 4 samples for the normal caption, 2 for a defect caption."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from anoplug.data.toy import CATEGORIES, ToyDataset
+    from anoplug.diffusion.tiny import load_tiny_base
+
+    pipe = load_tiny_base(model_dir)
+    cats = list(CATEGORIES)
+    fig, axes = plt.subplots(len(cats), 8, figsize=(8 * 1.1, len(cats) * 1.2))
+    for r, cat in enumerate(cats):
+        real = ToyDataset(cat, "train", size=64, seed=seed, length=2).batch([0, 1])
+        test = ToyDataset(cat, "test", size=64, seed=seed, length=8)
+        defect = test.batch([i for i in range(len(test)) if test.label(i) != "good"][:1])
+        prompts = [real.text[0]] * 4 + [defect.text[0]] * 2
+        gens = [torch.Generator().manual_seed(seed * 1000 + r * 10 + k) for k in range(6)]
+        out = pipe(prompts, num_inference_steps=steps, height=64, width=64, guidance_scale=guidance, generator=gens,
+                   output_type="pt").images
+        tiles = [*real.image, *out]
+        for c, im in enumerate(tiles):
+            ax = axes[r, c]
+            ax.imshow(im.permute(1, 2, 0).clamp(0, 1).numpy())
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c == 0:
+                ax.set_ylabel(cat, fontsize=7)
+            if r == 0:
+                ax.set_title(["real", "real", "generated", "generated", "generated", "generated", "defect prompt",
+                              "defect prompt"][c], fontsize=7)
+        axes[r, 6].set_xlabel(defect.label[0], fontsize=6)
+    fig.suptitle(f"tiny base model: real toy images vs samples (DDIM {steps} steps, CFG {guidance}, seed {seed})", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="anoplug/assets/tiny_base")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--per-split", type=int, default=48, help="images per category and split")
-    ap.add_argument("--vae-steps", type=int, default=600)
+    ap.add_argument("--vae-steps", type=int, default=2000)
+    ap.add_argument("--vae-crop", type=int, default=32, help="train the VAE on random crops of this size (0 = full)")
     ap.add_argument("--vae-batch", type=int, default=8)
-    ap.add_argument("--vae-channels", default="32,32,64")
-    ap.add_argument("--unet-steps", type=int, default=2800)
+    ap.add_argument("--vae-channels", default="16,32,32")
+    ap.add_argument("--unet-steps", type=int, default=1400)
     ap.add_argument("--unet-batch", type=int, default=16)
     ap.add_argument("--unet-channels", default="32,64,64")
     ap.add_argument("--first-attn-level", type=int, default=1, help="UNet levels above this have no attention")
     ap.add_argument("--text-hidden", type=int, default=64)
     ap.add_argument("--max-tokens", type=int, default=32, help="text context length")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--grid", default="", help="only write a sample grid (PNG) of the model in --out to this path")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.grid:
+        sample_grid(args.out, args.grid, seed=args.seed)
+        return 0
 
     from diffusers import StableDiffusionPipeline
 
@@ -146,9 +195,10 @@ def main(argv: list[str] | None = None) -> int:
     words = sorted({w for c in captions for w in re.findall(r"[a-z]+", c.lower())} | set(tiny.WORDS))
     log(f"data: {len(images)} images, {len(set(captions))} distinct captions, {len(words)} vocabulary words")
 
-    vae = tiny.tiny_vae(block_out_channels=tuple(int(c) for c in args.vae_channels.split(",")), seed=args.seed)
+    vae = tiny.tiny_vae(block_out_channels=tuple(int(c) for c in args.vae_channels.split(",")), norm_num_groups=8,
+                        seed=args.seed)
     t0 = time.time()
-    vae_curve = train_vae(vae, images, args.vae_steps, args.vae_batch, 1e-3, 1e-6, g, log)
+    vae_curve = train_vae(vae, images, args.vae_steps, args.vae_batch, 2e-3, 1e-6, g, log, crop=args.vae_crop)
     vae_time = time.time() - t0
     with torch.no_grad():
         mean = torch.cat([vae.encode(images[i:i + 64] * 2 - 1).latent_dist.mean for i in range(0, len(images), 64)])
@@ -169,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     unet = tiny.tiny_unet(sample_size=args.size // 4, block_out_channels=ch, cross_attention_dim=args.text_hidden,
                           attention_head_dim=8, first_attn_level=args.first_attn_level, seed=args.seed)
     t0 = time.time()
-    unet_curve = train_unet(unet, text_encoder, tokenizer, latents, captions, args.unet_steps, args.unet_batch, 3e-4,
+    unet_curve = train_unet(unet, text_encoder, tokenizer, latents, captions, args.unet_steps, args.unet_batch, 5e-4,
                             0.1, g, log)
     unet_time = time.time() - t0
     log(f"unet done in {unet_time:.0f}s")
