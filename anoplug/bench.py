@@ -175,12 +175,21 @@ def _generate(cfg: BenchConfig, name: str, seed: int, normals: Any, cache_dir: P
     return out, source, seconds, False
 
 
-def _evaluator_inputs(kind: str, generated: Any, source: Any, normals: Any, refs: Any, held_out: Any) -> dict:
-    if kind == "per_sample":
-        return {"normals": source}
+def _evaluate(cfg: BenchConfig, reg: Any, name: str, kind: str, seed: int, ratio: float | None, generated: Any,
+              inputs: dict) -> tuple[str, dict, Any]:
+    """Run one evaluator with the bench's CPU settings; returns (column tag, JSON entry, report)."""
+    params = dict(CPU_OVERRIDES.get(name, {}))
     if kind == "downstream":
-        return {"normals": normals, "real": held_out}
-    return {"normals": normals, "real": refs}
+        params.update(CPU_UTILITY, size=cfg.size, seed=seed)
+    params.update(cfg.evaluator_params.get(name, {}))
+    if ratio is not None:
+        params["anomaly_prob"] = ratio
+    t0 = time.perf_counter()
+    ev = reg.get_evaluator(name, **params)
+    report = ev.evaluate(generated, **inputs)
+    entry = {"params": ev.params.model_dump(mode="json"), "seconds": time.perf_counter() - t0,
+             "metrics": {k: asdict(m) for k, m in report.metrics.items()}, "details": _slim(report.details)}
+    return (name if ratio is None else f"{name}@p={ratio:g}"), entry, report
 
 
 def run_bench(cfg: BenchConfig, *, progress: bool = True, log: Callable[[str], None] | None = None) -> dict:
@@ -222,29 +231,19 @@ def run_bench(cfg: BenchConfig, *, progress: bool = True, log: Callable[[str], N
                 generated, source, gen_s, cached = _generate(cfg, gname, seed, normals, out / "cache" / category)
                 run = {"category": category, "data": source_name, "generator": gname, "seed": seed,
                        "generate_seconds": gen_s, "from_cache": cached, "n_generated": len(generated), "evaluators": {}}
+                inputs = {"per_sample": {"normals": source}, "downstream": {"normals": normals, "real": held_out},
+                          "set": {"normals": normals, "real": refs}}
                 for ename in cfg.evaluators:
                     for ratio in ratios if kinds[ename] == "downstream" else [None]:
-                        params = {**CPU_OVERRIDES.get(ename, {}),
-                                  **({**CPU_UTILITY, "size": cfg.size, "seed": seed} if kinds[ename] == "downstream" else {}),
-                                  **cfg.evaluator_params.get(ename, {})}
-                        if ratio is not None:
-                            params["anomaly_prob"] = ratio
-                        t0 = time.perf_counter()
-                        ev = reg.get_evaluator(ename, **params)
-                        report = ev.evaluate(generated, **_evaluator_inputs(kinds[ename], generated, source, normals,
-                                                                           refs, held_out))
-                        secs = time.perf_counter() - t0
-                        tag = ename if ratio is None else f"{ename}@p={ratio:g}"
-                        run["evaluators"][tag] = {"params": ev.params.model_dump(mode="json"), "seconds": secs,
-                                                  "metrics": {k: asdict(m) for k, m in report.metrics.items()},
-                                                  "details": _slim(report.details)}
-                        for k, m in report.metrics.items():
-                            rows.append({"category": category, "generator": gname, "seed": seed, "evaluator": tag,
-                                         "metric": k, "value": m.value, "higher_is_better": m.higher_is_better,
-                                         "kind": kinds[ename]})
+                        tag, entry, report = _evaluate(cfg, reg, ename, kinds[ename], seed, ratio, generated,
+                                                       inputs.get(kinds[ename], inputs["set"]))
+                        run["evaluators"][tag] = entry
+                        rows += [{"category": category, "generator": gname, "seed": seed, "evaluator": tag, "metric": k,
+                                  "value": m.value, "higher_is_better": m.higher_is_better, "kind": kinds[ename]}
+                                 for k, m in report.metrics.items()]
                         if log:
-                            log(f"{category} {gname} seed {seed} {tag}: " + ", ".join(
-                                f"{k}={m.value:.3f}" for k, m in list(report.metrics.items())[:4]) + f" ({secs:.0f}s)")
+                            shown = ", ".join(f"{k}={m.value:.3f}" for k, m in list(report.metrics.items())[:4])
+                            log(f"{category} {gname} seed {seed} {tag}: {shown} ({entry['seconds']:.0f}s)")
                 runs.append(run)
                 bar.update(1)
     bar.close()
