@@ -37,7 +37,8 @@ def disk_offsets(radius: int) -> tuple[torch.Tensor, torch.Tensor]:
     return _DISK_CACHE[radius]
 
 
-def disk_median_at(values: torch.Tensor, where: torch.Tensor, radius: int = 5, levels: int = 3) -> torch.Tensor:
+def disk_median_at(values: torch.Tensor, where: torch.Tensor, radius: int = 5, levels: int = 3,
+                   chunk: int = 4096) -> torch.Tensor:
     """Median of ``values`` ``[B,1,H,W]`` over a disk, evaluated only at the True pixels of ``where``.
 
     ``values`` must be multiples of ``1/levels`` in [0, 255] (a mean of 3 grey-level
@@ -55,18 +56,18 @@ def disk_median_at(values: torch.Tensor, where: torch.Tensor, radius: int = 5, l
     H, W = padded.shape[-2:]
     flat = padded.reshape(-1)
     base = b * (H * W) + (y + radius) * W + (x + radius)
-    offsets = (dy * W + dx).tolist()
-    neigh = torch.empty(len(offsets), base.numel(), dtype=torch.int16, device=values.device)
-    for k, off in enumerate(offsets):  # one gather per footprint offset: no [N, 81] index tensor
-        torch.index_select(flat, 0, base + off, out=neigh[k])
-    mid = len(offsets) // 2
-    if neigh.device.type == "cpu":
-        import numpy as np
+    offsets = (dy * W + dx).to(base.device)
+    mid = offsets.numel() // 2
+    med = torch.empty(base.numel(), dtype=torch.int16, device=values.device)
+    for start in range(0, base.numel(), chunk):  # cache-sized blocks: [chunk, 81] neighbourhoods, one row per pixel
+        idx = (base[start:start + chunk, None] + offsets[None, :]).reshape(-1)
+        neigh = flat.index_select(0, idx).view(-1, offsets.numel())
+        if neigh.device.type == "cpu":
+            import numpy as np
 
-        rows = np.ascontiguousarray(neigh.numpy().T)  # one row per pixel: introselect runs along memory
-        med = torch.from_numpy(np.partition(rows, mid, axis=1)[:, mid].copy())
-    else:
-        med = neigh.kthvalue(mid + 1, dim=0).values
+            med[start:start + chunk] = torch.from_numpy(np.partition(neigh.numpy(), mid, axis=1)[:, mid])
+        else:
+            med[start:start + chunk] = neigh.kthvalue(mid + 1, dim=1).values
     out[b, 0, y, x] = med.to(values.dtype) / levels
     return out
 
