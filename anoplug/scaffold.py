@@ -14,7 +14,7 @@ from pathlib import Path
 from anoplug.specs import CATEGORIES
 
 _PYPROJECT = '''[build-system]
-requires = ["setuptools>=68"]
+requires = ["setuptools>=77"]
 build-backend = "setuptools.build_meta"
 
 [project]
