@@ -38,9 +38,9 @@ from torch import nn
 
 from anoplug.backbones import Backbone, backbone_info, get_backbone
 from anoplug.generator import FeatureGenerator, Paper, Requires
+from anoplug.ops import as_batch, gaussian_blur
 from anoplug.params import Params
 from anoplug.seeding import resolve_seeds
-from anoplug.types import Batch
 
 __all__ = ["PBAS", "PBASParams", "patch_features", "build_centres", "update_centres", "nearest_centres",
            "synthesize_twins", "Discriminator"]
@@ -164,28 +164,6 @@ def synthesize_twins(features: torch.Tensor, centres: torch.Tensor, k: float = 0
     return twins, radius, idx
 
 
-def _gaussian_blur(x: torch.Tensor, sigma: float = 4.0) -> torch.Tensor:
-    """Separable Gaussian blur, kernel 2·⌈3σ⌉+1, reflect padding."""
-    ks = 2 * math.ceil(3 * sigma) + 1
-    t = torch.arange(ks, dtype=x.dtype, device=x.device) - ks // 2
-    w = torch.exp(-0.5 * (t / sigma) ** 2)
-    w = w / w.sum()
-    pad = ks // 2
-    if min(x.shape[-2:]) <= pad:
-        return x
-    x = F.pad(x, (pad, pad, pad, pad), mode="reflect")
-    x = F.conv2d(x, w.view(1, 1, 1, ks).expand(x.shape[1], 1, 1, ks), groups=x.shape[1])
-    return F.conv2d(x, w.view(1, 1, ks, 1).expand(x.shape[1], 1, ks, 1), groups=x.shape[1])
-
-
-def _images_of(data: Any, what: str) -> Batch:
-    if isinstance(data, Batch):
-        return data
-    if hasattr(data, "all") and hasattr(data, "batch"):  # an anoplug Dataset
-        return data.all()
-    raise TypeError(f"{what} must be an anoplug.Batch or Dataset, got {type(data).__name__}")
-
-
 class PBAS(FeatureGenerator):
     """PBAS's boundary-guided feature synthesis plus its detector (projection, centres, discriminator).
 
@@ -295,7 +273,7 @@ class PBAS(FeatureGenerator):
             raise ValueError("PBAS is unsupervised: fit(normals) takes no anomalies")
         p = self.params
         steps = p.steps if steps is None else int(steps)
-        images = self._resize(_images_of(normals, "normals").image)
+        images = self._resize(as_batch(normals, "normals").image)
         n = len(images)
         feats = torch.cat([self.features(images[i:i + 16])[0] for i in range(0, n, 16)])  # frozen: compute once
         g = torch.Generator().manual_seed(p.seed)
@@ -342,21 +320,21 @@ class PBAS(FeatureGenerator):
     @torch.no_grad()
     def predict(self, images: Any, chunk: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
         """(anomaly maps ``[B,1,H,W]`` at the input size, image scores ``[B]`` = max patch score)."""
-        x = images if isinstance(images, torch.Tensor) else _images_of(images, "images").image
+        x = images if isinstance(images, torch.Tensor) else as_batch(images, "images").image
         maps, scores = [], []
         for i in range(0, len(x), chunk):
             part = x[i:i + chunk]
             s = self.patch_scores(part)
             scores.append(s.flatten(1).amax(1).cpu())
             up = F.interpolate(s, size=part.shape[-2:], mode="bilinear", align_corners=False)
-            maps.append(_gaussian_blur(up).cpu())
+            maps.append(gaussian_blur(up).cpu())
         return torch.cat(maps), torch.cat(scores)
 
     def evaluate(self, test: Any) -> dict[str, float]:
         """Image AUROC/AP (max patch score, and max of the filtered map), pixel AUROC/AP, AU-PRO."""
         from anoplug.metrics import auroc, average_precision, detection_metrics
 
-        batch = _images_of(test, "test")
+        batch = as_batch(test, "test")
         maps, scores = self.predict(batch)
         labels = torch.tensor([float(lab != "good") for lab in batch.label])
         out = detection_metrics(maps, batch.mask, labels)

@@ -37,9 +37,9 @@ from torch import nn
 from anoplug.backbones import Backbone, backbone_info, get_backbone
 from anoplug.generator import FeatureGenerator, Paper, Requires
 from anoplug.noise import perlin_noise, sample_gradients, sample_scales
+from anoplug.ops import as_batch, gaussian_blur
 from anoplug.params import Params
 from anoplug.seeding import resolve_seeds, rngs_for
-from anoplug.types import Batch
 
 __all__ = ["SuperSimpleNet", "SuperSimpleNetParams", "PRESETS", "sample_noise_regions", "add_masked_noise",
            "ssn_loss", "focal_loss"]
@@ -228,28 +228,6 @@ def ssn_loss(amap: torch.Tensor, score: torch.Tensor, mask: torch.Tensor, label:
     return loss
 
 
-def _gaussian_blur(x: torch.Tensor, sigma: float = 4.0) -> torch.Tensor:
-    """Separable Gaussian blur, kernel 2·⌈3σ⌉+1, reflect padding (torchvision's GaussianBlur)."""
-    k = 2 * math.ceil(3 * sigma) + 1
-    t = torch.arange(k, dtype=x.dtype, device=x.device) - k // 2
-    w = torch.exp(-0.5 * (t / sigma) ** 2)
-    w = w / w.sum()
-    pad = k // 2
-    if min(x.shape[-2:]) <= pad:
-        return x
-    x = F.pad(x, (pad, pad, pad, pad), mode="reflect")
-    x = F.conv2d(x, w.view(1, 1, 1, k).expand(x.shape[1], 1, 1, k), groups=x.shape[1])
-    return F.conv2d(x, w.view(1, 1, k, 1).expand(x.shape[1], 1, k, 1), groups=x.shape[1])
-
-
-def _images_of(data: Any, what: str) -> Batch:
-    if isinstance(data, Batch):
-        return data
-    if hasattr(data, "all") and hasattr(data, "batch"):  # an anoplug Dataset
-        return data.all()
-    raise TypeError(f"{what} must be an anoplug.Batch or Dataset, got {type(data).__name__}")
-
-
 class SuperSimpleNet(FeatureGenerator):
     """Feature-level generator of SuperSimpleNet plus its detector (adaptor, segmentation and classification heads).
 
@@ -386,9 +364,9 @@ class SuperSimpleNet(FeatureGenerator):
     # -- training ----------------------------------------------------------------------------
     def _training_set(self, normals: Any, anomalies: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Images resized to image_size, masks at feature resolution (bilinear + 0.5 as the reference), labels."""
-        batches = [_images_of(normals, "normals")]
+        batches = [as_batch(normals, "normals")]
         if anomalies is not None:
-            batches.append(_images_of(anomalies, "anomalies"))
+            batches.append(as_batch(anomalies, "anomalies"))
         images = torch.cat([self._resize(b.image) for b in batches])
         side = self._feature_side()
         masks = torch.cat([F.interpolate(b.mask, size=(side, side), mode="bilinear", align_corners=False) for b in batches])
@@ -456,13 +434,13 @@ class SuperSimpleNet(FeatureGenerator):
     @torch.no_grad()
     def predict(self, images: Any, chunk: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
         """(anomaly maps ``[B,1,H,W]`` at the input size, image scores ``[B]`` in (0,1))."""
-        x = _images_of(images, "images").image if not isinstance(images, torch.Tensor) else images
+        x = as_batch(images, "images").image if not isinstance(images, torch.Tensor) else images
         maps, scores = [], []
         for i in range(0, len(x), chunk):
             part = x[i:i + chunk]
             amap, score = self.head(self.adapt(self.features(part)))
             amap = F.interpolate(amap, size=part.shape[-2:], mode="bilinear", align_corners=False)
-            maps.append(_gaussian_blur(amap, self.blur_sigma).cpu())
+            maps.append(gaussian_blur(amap, self.blur_sigma).cpu())
             scores.append(torch.sigmoid(score).cpu())
         return torch.cat(maps), torch.cat(scores)
 
@@ -470,7 +448,7 @@ class SuperSimpleNet(FeatureGenerator):
         """Image AUROC/AP (classification head, and max of the map), pixel AUROC/AP, AU-PRO on a labelled test set."""
         from anoplug.metrics import auroc, average_precision, detection_metrics
 
-        batch = _images_of(test, "test")
+        batch = as_batch(test, "test")
         maps, scores = self.predict(batch)
         labels = torch.tensor([float(lab != "good") for lab in batch.label])
         out = detection_metrics(maps, batch.mask, labels)
