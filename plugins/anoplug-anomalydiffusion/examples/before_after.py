@@ -57,9 +57,17 @@ def main() -> int:
     with_masks = gen.generate(normals, seed=args.seed, mask=held_out.mask)
     gen_s = time.time() - t0
     with_generated = gen.generate(normals, seed=args.seed + 1)
+    # ablation: the same masks and seed with e_a reset to the init word's embedding (the encoder stays trained)
+    learned = gen.appearance.clone()
+    gen.appearance = gen._embedding(gen.parts).base.weight[gen.parts.tokenizer(gen.params.init_word,
+                                                                               add_special_tokens=False).input_ids[0]]
+    gen.appearance = gen.appearance.detach()[None, None].expand_as(learned).clone()
+    untrained = gen.generate(normals, seed=args.seed, mask=held_out.mask)
+    gen.appearance = learned
 
     rows = [("normal input", normals.image), ("requested mask", held_out.mask.expand(-1, 3, -1, -1)),
-            ("generated", with_masks.image), ("real defect (reference)", held_out.image),
+            ("generated", with_masks.image), ("same, e_a untrained", untrained.image),
+            ("real defect (reference)", held_out.image),
             ("mask from mask model", with_generated.mask.expand(-1, 3, -1, -1)), ("generated", with_generated.image)]
     fig, axes = plt.subplots(len(rows), args.n, figsize=(args.n * 1.2, len(rows) * 1.3))
     for r, (title, ims) in enumerate(rows):
@@ -78,13 +86,16 @@ def main() -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=120)
     inside = with_masks.mask.bool().expand_as(normals.image)
+    mad = lambda a, b, where: round(float((a - b).abs()[where].mean()), 4)
     record = {"args": vars(args), "fit_seconds": round(fit_s, 1), "generate_seconds": round(gen_s, 1), "images": args.n,
               "trained_on": used, "image_loss_first_last": [round(sum(x) / len(x), 4) for x in
                                                              (gen.losses["image"][:20], gen.losses["image"][-20:])],
               "mask_loss_first_last": [round(sum(x) / len(x), 4) for x in (gen.losses["mask"][:20], gen.losses["mask"][-20:])]
               if gen.losses["mask"] else None,
-              "mean_abs_change_inside_mask": round(float((with_masks.image - normals.image).abs()[inside].mean()), 4),
-              "mean_abs_change_outside_mask": round(float((with_masks.image - normals.image).abs()[~inside].mean()), 4),
+              "mean_abs_change_inside_mask": mad(with_masks.image, normals.image, inside),
+              "mean_abs_change_outside_mask": mad(with_masks.image, normals.image, ~inside),
+              "mean_abs_change_inside_mask_e_a_untrained": mad(untrained.image, normals.image, inside),
+              "mean_abs_diff_inside_learned_vs_untrained": mad(with_masks.image, untrained.image, inside),
               "generated_mask_labels": with_generated.label}
     out.with_suffix(".json").write_text(json.dumps(record, indent=1))
     print(json.dumps(record, indent=1))

@@ -213,6 +213,14 @@ class AnomalyDiffusion(Generator):
     def modules(self) -> dict[str, nn.Module]:
         return {"encoder": self.encoder} if self.encoder is not None else {}
 
+    def to(self, device: str | torch.device) -> AnomalyDiffusion:
+        """Move the learned tensors and the (shared) base pipeline."""
+        super().to(device)
+        _pipeline(self.params.base_model).to(self.device)
+        if self.appearance is not None:
+            self.appearance, self.mask_vectors = self.appearance.to(self.device), self.mask_vectors.to(self.device)
+        return self
+
     def extra_state(self) -> dict[str, torch.Tensor]:
         if self.appearance is None:
             return {}
@@ -443,7 +451,7 @@ class AnomalyDiffusion(Generator):
         lat_mask = self._latent_mask(work_mask, z0.shape[-2:])
         emb = self._embedding(parts)
         ids = self._ids(parts, APPEAR, p.appearance_tokens) + self._ids(parts, SPATIAL, p.spatial_tokens)
-        vec = torch.cat([self.appearance[[self.types.index(t) for t in types]], self.encoder(work_mask)], 1)
+        vec = torch.cat([self.appearance[[self.types.index(t) for t in types]], self.encoder(work_mask.to(self.device))], 1)
         prompts = [TEMPLATES[s["template"]].format(self._star()) for s in samples]
         token_ids = parts.tokenize(prompts)
         with emb.injected(vec, ids):
