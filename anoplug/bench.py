@@ -334,7 +334,8 @@ def markdown(results: dict) -> str:
     agg = _aggregate(rows)
     cfg = results["config"]
     metrics = list(dict.fromkeys(f"{r['evaluator']}/{r['metric']}" for r in rows))
-    shown = [m for m in metrics if _main_column(m)] or metrics
+    swept = [m for m in metrics if "@p=" in m]
+    shown = [m for m in metrics if _main_column(m) and m not in swept] or [m for m in metrics if m not in swept] or metrics
     hib = {f"{r['evaluator']}/{r['metric']}": r["higher_is_better"] for r in rows}
     lines = ["# anoplug bench", "",
              f"Generators: {', '.join(cfg['generators'])}; data: {', '.join(cfg['data'])}; seeds: {cfg['seeds']}; "
@@ -355,8 +356,11 @@ def markdown(results: dict) -> str:
                     cells.append(_fmt(float(np.nanmean(vals)), 0.0, 1) if np.isfinite(vals).any() else "n/a")
                 else:
                     cells.append(_fmt(*agg[(cat, g, m)][:3]) if (cat, g, m) in agg else "n/a")
-            lines.append(f"| {g} | " + " | ".join(cells) + " |")
+            if any(c != "n/a" for c in cells):
+                lines.append(f"| {g} | " + " | ".join(cells) + " |")
         lines.append("")
+    if swept:
+        lines += _ratio_table(agg, cats, gens, swept)
     corr = correlations(results["rows"])
     if corr:
         n_cells = len({(r["category"], r["generator"]) for r in results["rows"]})
@@ -370,6 +374,25 @@ def markdown(results: dict) -> str:
         lines += ["", "n/a: fewer than 3 finite pairs or a constant metric. With few generators ρ is coarse "
                   "(n = 3 allows only ±1 and ±0.5); read it as a direction, not a measurement.", ""]
     return "\n".join(lines)
+
+
+def _ratio_table(agg: dict, cats: list[str], gens: list[str], swept: list[str]) -> list[str]:
+    """ASBench's ratio axis: one row per (category, generator, p), primary detection metrics as columns."""
+    ratios = list(dict.fromkeys(m.split("@p=", 1)[1].split("/", 1)[0] for m in swept))
+    cols = [c for c in ("image_auroc", "pixel_ap", "au_pro", "image_auroc_gain", "pixel_ap_gain", "au_pro_gain")
+            if any(m.endswith("/" + c) for m in swept)]
+    lines = ["## Synthetic-ratio sweep (ASBench: p = probability a training sample is synthetic)", "",
+             "| category | generator | p | " + " | ".join(cols) + " |", "|---|---|---|" + "---|" * len(cols)]
+    for cat in cats:
+        for g in gens:
+            for p in ratios:
+                cells = []
+                for c in cols:
+                    key = next((m for m in swept if m.split("@p=", 1)[1] == f"{p}/{c}"), None)
+                    cells.append(_fmt(*agg[(cat, g, key)][:3]) if key and (cat, g, key) in agg else "n/a")
+                if any(x != "n/a" for x in cells):
+                    lines.append(f"| {cat} | {g} | {p} | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def plots(results: dict, out: Path) -> list[Path]:
