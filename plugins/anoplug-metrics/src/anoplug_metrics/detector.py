@@ -75,6 +75,17 @@ def _resize(x: torch.Tensor, size: int, mode: str) -> torch.Tensor:
     return F.interpolate(x, size=(size, size), mode=mode, **({"align_corners": False} if mode == "bilinear" else {}))
 
 
+def _init_weights(model: nn.Module, g: torch.Generator) -> nn.Module:
+    """PyTorch's default conv initialisation, drawn from ``g`` instead of the global RNG."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_uniform_(m.weight, a=5 ** 0.5, generator=g)
+                bound = 1.0 / m.weight[0].numel() ** 0.5
+                m.bias.uniform_(-bound, bound, generator=g)
+    return model
+
+
 def train_detector(normals: torch.Tensor, anomalies: torch.Tensor, masks: torch.Tensor, *, steps: int, batch_size: int = 8,
                    lr: float = 1e-4, base_width: int = 64, anomaly_prob: float = 0.5, gamma: float = 2.0, seed: int = 0,
                    device: str = "cpu", callback: Callable[[int, nn.Module], None] | None = None,
@@ -85,9 +96,7 @@ def train_detector(normals: torch.Tensor, anomalies: torch.Tensor, masks: torch.
     ``callback(step, model)`` runs every ``eval_every`` steps (for opt-in checkpoint selection).
     """
     g = torch.Generator().manual_seed(seed)
-    with torch.random.fork_rng(devices=[]):  # weight init from our seed, without touching the caller's RNG
-        torch.manual_seed(seed)
-        model = DiscriminativeUNet(3, 2, base_width).to(device)
+    model = _init_weights(DiscriminativeUNet(3, 2, base_width), g).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, [int(steps * 0.8), int(steps * 0.9)], gamma=0.2)
     n_norm, n_anom = len(normals), len(anomalies)
