@@ -137,3 +137,14 @@ def test_bad_inputs_are_named():
     gen.params.anomaly_type = "dent"
     with pytest.raises(ValueError, match="'dent' was not fitted"):
         gen.generate(make_toy_batch(1, 64), seed=0, mask=centre_mask())
+
+
+def test_ldm_bert_family_path():
+    """The paper's base is LDM-BERT (CompVis/ldm-text2im-large-256): the same code runs on its tiny twin."""
+    gen = fitted(base_model="tiny-random-ldm", adaptive_reweighting=True)
+    assert gen.parts.family == "ldm"
+    assert gen.parts.tokenizer.tokenize(gen._star()) == [f"<ad_{i}>" for i in range(4)] + [f"<sp_{i}>" for i in range(4)]
+    b = make_toy_batch(2, 64)
+    out = gen.generate(b, seed=0, mask=centre_mask())
+    m = out.mask.bool().expand_as(out.image)
+    assert torch.equal(out.image[~m], b.image[~m]) and float((out.image - b.image).abs()[m].max()) > 0
