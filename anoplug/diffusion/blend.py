@@ -26,8 +26,10 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from anoplug.ops import gaussian_blur
+
 __all__ = ["BlendMode", "BLEND_MODES", "per_sample_randn", "step_index", "blended_sample", "finish",
-           "gaussian_blur", "predicted_x0"]
+           "predicted_x0"]
 
 BlendMode = Literal["before", "after", "pixel_x0", "composite", "none"]
 BLEND_MODES: tuple[str, ...] = ("before", "after", "pixel_x0", "composite", "none")
@@ -107,18 +109,6 @@ def blended_sample(denoise: Denoise, scheduler, z0: torch.Tensor, mask: torch.Te
         if on_step is not None:
             on_step(i, int(t), x)
     return x
-
-
-def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur (reflect padding), radius 3σ."""
-    if sigma <= 0:
-        return x
-    r = max(1, int(3 * sigma + 0.5))
-    k = torch.exp(-(torch.arange(-r, r + 1, dtype=x.dtype, device=x.device) ** 2) / (2 * sigma**2))
-    k = k / k.sum()
-    c = x.shape[1]
-    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="reflect"), k.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
-    return F.conv2d(F.pad(x, (0, 0, r, r), mode="reflect"), k.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
 
 
 def finish(generated: torch.Tensor, source: torch.Tensor, mask: torch.Tensor, *, mode: BlendMode = "before",
