@@ -198,6 +198,13 @@ class Generator:
         (d / "config.json").write_text(json.dumps(self.config(), indent=2, sort_keys=True))
         return d
 
+    def restore_config(self, config: dict[str, Any]) -> None:
+        """Rebuild what ``config`` (written by :meth:`config`) describes before weights load.
+
+        Learned methods whose module shapes depend on what they were fitted on (anomaly
+        types, classes, image size) override this; the base has nothing to rebuild.
+        """
+
     @classmethod
     def load(cls, directory: str | Path) -> Generator:
         """Rebuild a generator saved with :meth:`save`."""
@@ -214,11 +221,18 @@ class Generator:
         if cfg.get("name") != cls.name:
             raise ValueError(f"{cfg_path} holds generator {cfg.get('name')!r}, not {cls.name!r}")
         obj = cls(**cfg.get("params", {}))
+        obj.restore_config(cfg)
         wpath = d / "weights.safetensors"
-        tensors = load_file(str(wpath)) if wpath.is_file() else {}
+        try:
+            tensors = load_file(str(wpath)) if wpath.is_file() else {}
+        except Exception as e:  # safetensors raises its own error types for corrupt headers
+            raise ValueError(f"cannot read weights {wpath}: {e}") from e
         for key, module in obj.modules().items():
             sd = {n[len(key) + 1:]: t for n, t in tensors.items() if n.startswith(key + ".")}
-            module.load_state_dict(sd)
+            try:
+                module.load_state_dict(sd)
+            except RuntimeError as e:
+                raise ValueError(f"weights in {wpath} do not fit module {key!r}: {e}") from e
         obj.load_extra_state({k[6:]: v for k, v in tensors.items() if k.startswith("extra.")})
         obj._fitted = bool(cfg.get("fitted", True))
         return obj

@@ -16,10 +16,8 @@ paper, diffusers format). Offline default: the bundled tiny base model (``tiny-b
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -233,24 +231,9 @@ class AnomalyDiffusion(Generator):
     def config(self) -> dict[str, Any]:
         return {**super().config(), "anomaly_types": self.types, "losses": {k: v[-5:] for k, v in self.losses.items()}}
 
-    @classmethod
-    def load(cls, directory: str | Path) -> AnomalyDiffusion:
-        from safetensors.torch import load_file
-
-        d = Path(directory)
-        if not (d / "config.json").is_file():
-            raise FileNotFoundError(f"no config.json in {d}")
-        cfg = json.loads((d / "config.json").read_text())
-        if cfg.get("name") != cls.name:
-            raise ValueError(f"{d / 'config.json'} holds generator {cfg.get('name')!r}, not {cls.name!r}")
-        obj = cls(**cfg.get("params", {}))
-        if cfg.get("anomaly_types"):
-            obj._build(obj.parts, cfg["anomaly_types"])
-            tensors = load_file(str(d / "weights.safetensors"))
-            obj.encoder.load_state_dict({k[8:]: v for k, v in tensors.items() if k.startswith("encoder.")})
-            obj.load_extra_state({k[6:]: v for k, v in tensors.items() if k.startswith("extra.")})
-        obj._fitted = bool(cfg.get("fitted", False))
-        return obj
+    def restore_config(self, config: dict[str, Any]) -> None:
+        if config.get("anomaly_types"):
+            self._build(self.parts, config["anomaly_types"])
 
     # -- training ------------------------------------------------------------------------------
     def _select(self, anomalies: Batch) -> list[int]:

@@ -15,10 +15,8 @@ AdamW lr 1e-5, batch 8, 300 epochs. ``model="tiny"`` swaps in a small UNet for C
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -172,24 +170,10 @@ class BBoxDiffusion(Generator):
         return {**super().config(), "classes": self.classes, "size": self.size, "box_stats": self.box_stats,
                 "last_losses": self.losses[-10:]}
 
-    @classmethod
-    def load(cls, directory: str | Path) -> BBoxDiffusion:
-        from safetensors.torch import load_file
-
-        d = Path(directory)
-        if not (d / "config.json").is_file():
-            raise FileNotFoundError(f"no config.json in {d}")
-        cfg = json.loads((d / "config.json").read_text())
-        if cfg.get("name") != cls.name:
-            raise ValueError(f"{d / 'config.json'} holds generator {cfg.get('name')!r}, not {cls.name!r}")
-        obj = cls(**cfg.get("params", {}))
-        if cfg.get("classes"):
-            obj._build(cfg["classes"][1:], int(cfg["size"]))
-            tensors = load_file(str(d / "weights.safetensors"))
-            obj.unet.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("unet.")})
-            obj.box_stats = dict(cfg.get("box_stats", {}))
-        obj._fitted = bool(cfg.get("fitted", False))
-        return obj
+    def restore_config(self, config: dict[str, Any]) -> None:
+        if config.get("classes"):
+            self._build(config["classes"][1:], int(config["size"]))
+            self.box_stats = dict(config.get("box_stats", {}))
 
     # -- conditions -------------------------------------------------------------------------------
     def condition(self, boxes: Sequence[Sequence[Box]], h: int, w: int) -> torch.Tensor:
