@@ -23,7 +23,7 @@
 # 3. Watch PBAS's boundary shrink during training (the "progressive" in its name).
 # 4. Explore `k` (PBAS) and σ / the Perlin threshold (SuperSimpleNet).
 #
-# **Runtime budget.** About 1 min on a laptop CPU with the defaults (smoke mode: under 30 s). No GPU.
+# **Runtime budget.** About 2 min on a laptop CPU with the defaults (smoke mode: under 30 s). No GPU.
 # Backbone: EfficientNet-Lite0 with ImageNet weights from a pip package (the papers use WideResNet-50-2).
 
 # %% tags=["parameters"]

@@ -22,7 +22,7 @@
 # 3. See, pixel by pixel, what "changed" means, and move NSA's `tol` to watch its mask follow
 #    the change.
 #
-# **Runtime budget.** About 30 s on a laptop CPU (smoke mode: under 30 s). No GPU, no download.
+# **Runtime budget.** About 40 s on a laptop CPU (smoke mode: under 30 s). No GPU, no download.
 #
 # Why it matters: a detector trained on a loose mask learns to miss defect pixels; one trained
 # on an over-covering mask learns to flag normal texture. The survey's "precise mask" category
