@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM = Path(os.environ.get("ANOPLUG_CHROMIUM", "/usr/bin/chromium"))
 SHOTS = ROOT / "out" / "screenshots"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
@@ -95,6 +95,9 @@ def _write_settings(settings: Path) -> None:
 @pytest.fixture
 def jupyterlab(tmp_path):
     """A JupyterLab server on a copy of notebooks/, stopped by its pid afterwards."""
+    reason = _skip_reason()
+    if reason:
+        pytest.skip(reason)
     work = tmp_path / "notebooks"
     shutil.copytree(ROOT / "notebooks", work, ignore=shutil.ignore_patterns(".ipynb_checkpoints", "__pycache__"))
     dirs = {k: tmp_path / k.lower() for k in ("JUPYTER_CONFIG_DIR", "JUPYTER_DATA_DIR", "JUPYTER_RUNTIME_DIR",
@@ -148,9 +151,6 @@ def _wait_run_all(page, timeout_s: float) -> None:
 
 
 def test_slider_changes_the_rendered_image(jupyterlab):
-    reason = _skip_reason()
-    if reason:
-        pytest.skip(reason)
     from playwright.sync_api import sync_playwright
 
     base, token = jupyterlab
