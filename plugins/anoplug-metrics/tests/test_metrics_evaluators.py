@@ -60,6 +60,10 @@ def _defect_batch(n: int, size: int, g: torch.Generator, defective: list[bool] |
     return Batch(image=img, mask=mask, label=labels)
 
 
+class TestInceptionScoreConformance(EvaluatorConformance):
+    evaluator_class = InceptionScore  # no Inception weights offline: reports NaN, "unavailable"
+
+
 class TestUtilityConformance(EvaluatorConformance):
     evaluator_class = DownstreamUtility
     entry_module = ENTRY
