@@ -137,7 +137,7 @@ class Generator:
             hook.anoplug_before_generate(spec=self, params=pdict, n_images=len(batch))
         try:
             out, samples = self._generate(batch.to(self.device), rngs_for(per_sample), **conditions)
-            out.validate()
+            out.validate(values=False)  # structure only; the conformance kit checks values
         except Exception as e:
             if hook is not None:
                 hook.anoplug_on_generate_error(spec=self, params=pdict, error=e)
