@@ -1,4 +1,4 @@
-"""Under ``pytest --nbval-lax notebooks/``: print each notebook's runtime (setup + cells) at the end.
+"""Under ``pytest --nbval-lax notebooks/``: print each notebook's cell execution time at the end.
 
 The budget (60 s per notebook in smoke mode) is enforced by ``tools/run_notebooks.py``,
 whose CSV is the record; this summary makes a slow notebook visible in every test run.
@@ -18,6 +18,6 @@ def pytest_runtest_logreport(report):
 def pytest_terminal_summary(terminalreporter):
     if not _seconds:
         return
-    terminalreporter.section("notebook runtimes (s)")
+    terminalreporter.section("notebook cell time (s), kernel start excluded")
     for name, s in sorted(_seconds.items()):
         terminalreporter.write_line(f"{s:7.1f}  {name}")
