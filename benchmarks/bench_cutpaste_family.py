@@ -3,8 +3,9 @@
 Run: ``OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_cutpaste_family.py`` (writes
 ``benchmarks/results/cutpaste_family.json``). Batch 32 at 256² and 512², with 1 and 2 torch
 threads (``torch.set_num_threads``). Every figure is the median of ``--repeats`` timed calls
-after one warm-up call. The machine-independent figure is the ratio to a plain ``clone()`` of
-the same batch (image + mask: the memory-bandwidth floor of returning a new batch):
+after one warm-up call; clone, ``generate`` and the method alone are timed in interleaved rounds
+and ratios are medians of per-round ratios. The machine-independent figure is the ratio to a
+plain ``clone()`` of the same batch (image + mask: the memory-bandwidth floor of returning a new batch):
 
 - ``ratio_to_clone``: the whole public ``generate()`` call, including the host's input and
   output validation (value-range and binary-mask scans);
@@ -64,6 +65,32 @@ def _median_time(fn, repeats: int) -> tuple[float, float]:
     return statistics.median(wall), statistics.median(cpu)
 
 
+def _paired_times(fns: dict, repeats: int) -> dict:
+    """Interleaved timing: each repeat runs every function once, in turn (after one warm-up round).
+
+    Returns per function the median wall and CPU seconds, and per function its median *per-round*
+    ratio to the first function (the clone): on a shared machine the load drifts during a run, and
+    ratios taken within one round cancel most of that drift.
+    """
+    for fn in fns.values():
+        fn()
+    wall: dict = {k: [] for k in fns}
+    cpu: dict = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            t0, c0 = time.perf_counter(), time.process_time()
+            fn()
+            wall[k].append(time.perf_counter() - t0)
+            cpu[k].append(time.process_time() - c0)
+    ref = next(iter(fns))
+    out = {}
+    for k in fns:
+        out[k] = {"wall": statistics.median(wall[k]), "cpu": statistics.median(cpu[k]),
+                  "ratio": statistics.median(w / r for w, r in zip(wall[k], wall[ref])),
+                  "cpu_ratio": statistics.median(c / r for c, r in zip(cpu[k], cpu[ref]))}
+    return out
+
+
 def _configs() -> list[tuple[str, str, dict, str]]:
     """(label, generator name, params, toy category of the input batch)."""
     return [
@@ -78,10 +105,12 @@ def _configs() -> list[tuple[str, str, dict, str]]:
     ]
 
 
-def _opencv_nsa(batch: Batch, gen, seed: int) -> float:
-    """Seconds for the OpenCV path on the same sampled geometry (one image at a time)."""
+def _opencv_nsa(batch: Batch, gen, seed: int, threads: int) -> tuple[float, float]:
+    """(wall, CPU) seconds of the OpenCV path on the same sampled geometry, one image at a time."""
+    import cv2
     from anoplug_nsa.reference import reference_one
 
+    cv2.setNumThreads(threads)
     samples = gen.sample(batch, rngs_for(resolve_seeds(len(batch), seed=seed)))
     dest = to_uint8(batch.image)
     objs = None if batch.object_mask is None else (batch.object_mask[:, 0] > 0).numpy()
@@ -91,9 +120,7 @@ def _opencv_nsa(batch: Batch, gen, seed: int) -> float:
             j = s["source_index"]
             reference_one(dest[i], dest[j], s, None if objs is None else objs[i], None if objs is None else objs[j])
 
-    t0 = time.perf_counter()
-    run()
-    return time.perf_counter() - t0
+    return _median_time(run, 3)
 
 
 def _profile(gen, batch: Batch, top: int = 12) -> list[str]:
@@ -132,23 +159,29 @@ def main() -> None:
                     batches[key] = ToyDataset(category, size=size).batch(list(range(args.batch)))
                 batch = batches[key]
                 gen = anoplug.get_generator(name, **params)
-                clone_s, clone_cpu = _median_time(lambda: batch.clone(), args.repeats)  # noqa: B023
-                gen_s, gen_cpu = _median_time(lambda: gen.generate(batch, seed=1), args.repeats)  # noqa: B023
                 seeds = resolve_seeds(len(batch), seed=1)
-                core_s, core_cpu = _median_time(lambda: gen._generate(batch, rngs_for(seeds)), args.repeats)  # noqa: B023
+                t = _paired_times({"clone": lambda: batch.clone(),  # noqa: B023
+                                   "generate": lambda: gen.generate(batch, seed=1),  # noqa: B023
+                                   "core": lambda: gen._generate(batch, rngs_for(seeds))}, args.repeats)  # noqa: B023
+                gen_s, gen_cpu = t["generate"]["wall"], t["generate"]["cpu"]
                 row = {"method": label, "generator": name, "params": params, "input": f"toy:{category}",
                        "size": size, "threads": threads, "batch": len(batch),
                        "img_per_s": round(len(batch) / gen_s, 1), "median_s": round(gen_s, 5),
-                       "core_img_per_s": round(len(batch) / core_s, 1), "core_median_s": round(core_s, 5),
-                       "clone_median_s": round(clone_s, 5), "ratio_to_clone": round(gen_s / clone_s, 2),
-                       "core_ratio_to_clone": round(core_s / clone_s, 2),
-                       "cpu_ratio_to_clone": round(gen_cpu / clone_cpu, 2),
-                       "core_cpu_ratio_to_clone": round(core_cpu / clone_cpu, 2),
+                       "core_img_per_s": round(len(batch) / t["core"]["wall"], 1),
+                       "core_median_s": round(t["core"]["wall"], 5),
+                       "clone_median_s": round(t["clone"]["wall"], 5),
+                       "ratio_to_clone": round(t["generate"]["ratio"], 2),
+                       "core_ratio_to_clone": round(t["core"]["ratio"], 2),
+                       "cpu_ratio_to_clone": round(t["generate"]["cpu_ratio"], 2),
+                       "core_cpu_ratio_to_clone": round(t["core"]["cpu_ratio"], 2),
                        "cpu_img_per_s": round(len(batch) / gen_cpu, 1)}
                 if name == "nsa":
-                    ref = statistics.median(_opencv_nsa(batch, gen, seed=1) for _ in range(3))
+                    ref, ref_cpu = _opencv_nsa(batch, gen, seed=1, threads=threads)
                     row["opencv_path_img_per_s"] = round(len(batch) / ref, 1)
+                    row["opencv_path_cpu_img_per_s"] = round(len(batch) / ref_cpu, 1)
                     row["speedup_vs_opencv_path"] = round(ref / gen_s, 2)
+                    row["cpu_speedup_vs_opencv_path"] = round(ref_cpu / gen_cpu, 2)
+                row["load_average_1min"] = round(os.getloadavg()[0], 2)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
                 if args.profile and size == 256 and threads == 1 and name in ("nsa", "draem") and label not in profiles:
