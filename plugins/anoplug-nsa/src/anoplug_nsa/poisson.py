@@ -53,8 +53,8 @@ def solve_rectangles(dst: torch.Tensor, src: torch.Tensor, mask: torch.Tensor, s
     """Blend padded rectangle problems: ``dst``/``src`` ``[P,C,Nh,Nw]`` (0..255), ``mask`` ``[P,1,Nh,Nw]``.
 
     ``sizes`` ``[P,2]`` are each rectangle's (h, w) (top-left aligned); ``src`` must already be
-    zero outside the mask (as OpenCV copies it). Returns the unrounded float solution;
-    outside each rectangle's interior it equals ``dst``.
+    zero outside the mask (as OpenCV copies it). Returns the unrounded float solution, written
+    into ``dst`` (outside each rectangle's interior ``dst`` keeps its values).
     """
     P, C, Nh, Nw = dst.shape
     dev, dt = dst.device, dst.dtype
@@ -96,10 +96,9 @@ def solve_rectangles(dst: torch.Tensor, src: torch.Tensor, mask: torch.Tensor, s
         sw, ew = _sine_basis(mw, dt, dev)
         coef = sh @ rhs[p, :, :mh, :mw] @ sw
         u[p, :, :mh, :mw] = sh @ (coef / (eh[:, None] + ew[None, :])) @ sw
-    out = dst.clone()
-    core = out[..., 1:Nh - 1, 1:Nw - 1]
-    out[..., 1:Nh - 1, 1:Nw - 1] = torch.where(interior[:, None, 1:Nh - 1, 1:Nw - 1], u, core)
-    return out
+    core = dst[..., 1:Nh - 1, 1:Nw - 1]
+    core.copy_(torch.where(interior[:, None, 1:Nh - 1, 1:Nw - 1], u, core))
+    return dst
 
 
 @dataclass
