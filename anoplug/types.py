@@ -191,8 +191,12 @@ class Batch:
                                      text=None if self.text is None else list(self.text), **kw)
 
     @staticmethod
-    def cat(batches: Sequence[Batch]) -> Batch:
-        """Concatenate batches; optional fields must be present in all or none."""
+    def cat(batches: Sequence[Batch], *, common_extras: bool = False) -> Batch:
+        """Concatenate batches; optional fields must be present in all or none.
+
+        ``common_extras=True`` keeps only the ``extras`` every batch has (a mixture of
+        methods, where one emits a soft mask and another does not), instead of raising.
+        """
         if not batches:
             raise BatchError("cannot concatenate an empty list of batches")
 
@@ -206,7 +210,10 @@ class Batch:
         texts = [b.text for b in batches]
         _check(all(t is None for t in texts) or all(t is not None for t in texts), "text present in some batches only")
         keys = set(batches[0].extras)
-        _check(all(set(b.extras) == keys for b in batches), "extras keys differ between batches")
+        if common_extras:
+            keys = keys.intersection(*(b.extras for b in batches))
+        else:
+            _check(all(set(b.extras) == keys for b in batches), "extras keys differ between batches")
         return Batch(
             image=torch.cat([b.image for b in batches]),
             mask=torch.cat([b.mask for b in batches]),

@@ -71,3 +71,12 @@ def test_load_image_conversions_and_errors(tmp_path):
         load_image(tmp_path / "bad.png")
     with pytest.raises(FileNotFoundError, match="missing.png"):
         load_image(tmp_path / "missing.png")
+
+
+def test_cat_common_extras_for_mixtures():
+    a = Batch(image=torch.rand(1, 3, 4, 4), extras={"soft_mask": torch.zeros(1, 1, 4, 4)})
+    b = Batch(image=torch.rand(1, 3, 4, 4))
+    with pytest.raises(BatchError, match="extras keys differ"):
+        Batch.cat([a, b])
+    assert Batch.cat([a, b], common_extras=True).extras == {}
+    assert set(Batch.cat([a, a]).extras) == {"soft_mask"}

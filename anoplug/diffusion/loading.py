@@ -114,6 +114,7 @@ def load_pipeline(model_id_or_dir: str | Path, *, scheduler: SchedulerKind = "dd
     fam = family or guess_family(pipe)
     pipe.scheduler = make_scheduler(scheduler)
     pipe.anoplug_family = fam
+    pipe.set_progress_bar_config(disable=True)  # anoplug shows its own progress; no tqdm widgets in notebooks
     if hasattr(pipe, "safety_checker") and getattr(pipe, "safety_checker", None) is not None:
         pipe.safety_checker = None  # industrial images; the checker also needs extra downloads
     return pipe.to(device)

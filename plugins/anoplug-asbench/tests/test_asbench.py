@@ -36,3 +36,12 @@ def test_bad_members_are_named() -> None:
         anoplug.get_generator("hybrid", members="cutpaste,cutpaste")
     with pytest.raises(LookupError, match="no-such"):
         anoplug.get_generator("hybrid", members="cutpaste,no-such")
+
+
+def test_members_with_different_extras_mix() -> None:
+    """NSA emits a soft mask, CutPaste does not: the mixture keeps only what all members emit."""
+    import anoplug
+
+    out = anoplug.get_generator("hybrid", members="cutpaste,nsa").generate(make_toy_batch(8, 64), seed=0)
+    assert {m["sample"]["member"] for m in out.meta} == {"cutpaste", "nsa"}
+    assert "soft_mask" not in out.extras

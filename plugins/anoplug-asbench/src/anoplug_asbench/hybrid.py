@@ -72,7 +72,7 @@ class Hybrid(Generator):
             if idx:
                 parts.append(member.generate(batch[idx], seeds=[samples[i]["member_seed"] for i in idx], **conditions))
                 order += idx
-        merged = Batch.cat(parts)
+        merged = Batch.cat(parts, common_extras=True)  # e.g. NSA's soft mask exists for its samples only
         inverse = [0] * len(order)
         for pos, i in enumerate(order):
             inverse[i] = pos
