@@ -47,7 +47,7 @@ def _to255(x: torch.Tensor) -> torch.Tensor:
 
 
 def gamma(x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-    return x.clamp_min(0).pow(p[:, :, None, None])
+    return x.pow(p[:, :, None, None])
 
 
 _RGB2YCC = torch.tensor([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]])
@@ -167,8 +167,11 @@ assert set(FUNCS) == set(NAMES)
 
 
 def apply_chains(textures: torch.Tensor, chains: list[list[tuple[str, list[float]]]]) -> torch.Tensor:
-    """Apply each sample's augmenter chain; samples sharing an augmenter at a step run together."""
-    out = textures.clone()
+    """Apply each sample's augmenter chain in place; samples sharing an augmenter at a step run together.
+
+    Every augmenter maps [0,1] to [0,1], so no clamping is needed between steps.
+    """
+    out = textures
     depth = max((len(c) for c in chains), default=0)
     for step in range(depth):
         for name in NAMES:
@@ -176,5 +179,5 @@ def apply_chains(textures: torch.Tensor, chains: list[list[tuple[str, list[float
             if not idx:
                 continue
             params = torch.tensor([chains[i][step][1] for i in idx], dtype=out.dtype).reshape(len(idx), -1)
-            out[idx] = FUNCS[name](out[idx], params).clamp(0, 1)
+            out[idx] = FUNCS[name](out[idx], params)
     return out

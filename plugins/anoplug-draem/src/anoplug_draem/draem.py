@@ -101,15 +101,20 @@ class Draem(Generator):
         noise, mask = perlin_masks([s["gradients"] for s in sub], (h, w), self.params.threshold,
                                    torch.tensor([s["angle"] for s in sub]))
         if self.params.texture_source == "perlin":  # anomalib's DTD-free fallback
-            tex = (0.5 * noise + 0.25).clamp(0, 1).expand(-1, 3, -1, -1)
+            tex = (0.5 * noise + 0.25).clamp(0, 1).expand(-1, 3, -1, -1).contiguous()
         else:
             tex = self._texture_source((h, w)).stack([s["texture"] for s in sub]).float()
         tex = augment.apply_chains(tex, [s["augmenters"] for s in sub])
-        image = batch.image[idx]
+        everyone = len(idx) == len(batch)
+        image = batch.image if everyone else batch.image[idx]
         beta = torch.tensor([s["beta"] for s in sub], dtype=image.dtype)[:, None, None, None]
-        blended = (1 - beta) * tex + beta * image
-        out.image[idx] = torch.where(mask.bool(), blended, image).clamp(0, 1)
-        out.mask[idx] = mask
+        # Inside the mask (1-β)·T + β·I, a convex mix of values in [0,1]; outside, I bit for bit.
+        result = torch.where(mask.bool(), torch.lerp(tex, image, beta), image)
+        if everyone:
+            out.image, out.mask = result, mask
+        else:
+            out.image[idx], out.mask[idx] = result, mask
+        nonempty = mask.flatten(1).any(1).tolist()
         for j, i in enumerate(idx):
-            out.label[i] = self.label_name if bool(mask[j].any()) else GOOD
+            out.label[i] = self.label_name if nonempty[j] else GOOD
         return out
