@@ -83,7 +83,8 @@ def color_jitter(pixels: torch.Tensor, counts: torch.Tensor, factors: torch.Tens
     cnt = counts.tolist()
     perms = [tuple(p) for p in order.tolist()]
     factors = factors.to(pixels.dtype)
-    identity = torch.tensor(IDENTITY, dtype=factors.dtype, device=factors.device)
+    table = factors.tolist()
+    per_pixel = torch.repeat_interleave(factors.t().contiguous(), counts, dim=1)  # [4, N]: every factor, once
     s = 0
     while s < S:
         e = s
@@ -94,12 +95,12 @@ def color_jitter(pixels: torch.Tensor, counts: torch.Tensor, factors: torch.Tens
             c = counts[s:e]
             x = out[:, a:b]
             for op in perms[s]:
-                is_id = factors[s:e, op] == identity[op]
-                if bool(is_id.all()):
+                is_id = [table[k][op] == IDENTITY[op] for k in range(s, e)]
+                if all(is_id):
                     continue
-                keep = x.clone() if op == 3 and bool(is_id.any()) else None  # a zero hue shift stays exact
-                _apply_op(op, x, torch.repeat_interleave(factors[s:e, op], c), c)
+                keep = x.clone() if op == 3 and any(is_id) else None  # a zero hue shift stays exact
+                _apply_op(op, x, per_pixel[op, a:b], c)
                 if keep is not None:
-                    x.copy_(torch.where(torch.repeat_interleave(is_id, c), keep, x))
+                    x.copy_(torch.where(per_pixel[op, a:b] == 0, keep, x))
         s = e
     return out
