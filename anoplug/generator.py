@@ -46,6 +46,10 @@ class Requires:
     depth: bool = False  # needs a depth map per sample
     object_mask: bool = False  # needs a foreground mask
     weights: str = ""  # pretrained weights it can use (name), "" if none
+    #: draws content from a second normal image (NSA's patch source): callers that need
+    #: per-sample reproducibility (the writer) pass it as ``extras["source_image"]``
+    #: (and ``extras["source_object_mask"]``), so a sample never depends on its batch-mates.
+    paired_source: bool = False
 
 
 class NotFittedError(RuntimeError):

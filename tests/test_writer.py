@@ -212,3 +212,19 @@ def test_resume_from_torn_journal_and_leftover_temporaries(tmp_path: Path) -> No
     resumed = write_generated(BoxGenerator(), _source(), tmp_path / "crashed", n=6, seed=4, progress=False)
     assert resumed.written == 3 and resumed.skipped == 3
     assert _tree(crashed.root) == _tree(clean.root)
+
+
+def test_nsa_output_does_not_depend_on_chunking(tmp_path):
+    """NSA borrows a patch from a second normal image; the writer pairs it per sample."""
+    import anoplug
+    from anoplug.data import open_dataset
+    from anoplug.data.writer import write_generated
+
+    src = open_dataset("toy:fabric", split="train", size=64)
+    gen = anoplug.get_generator("nsa", category="fabric")
+    a = write_generated(gen, src, tmp_path / "a", n=6, seed=3, batch_size=6, n_train=1, progress=False)
+    b = write_generated(gen, src, tmp_path / "b", n=6, seed=3, batch_size=2, n_train=1, progress=False)
+    files = sorted(p.relative_to(a.root) for p in a.root.rglob("*.png"))
+    assert files and files == sorted(p.relative_to(b.root) for p in b.root.rglob("*.png"))
+    for rel in files:
+        assert (a.root / rel).read_bytes() == (b.root / rel).read_bytes(), rel

@@ -143,6 +143,15 @@ def _copy_train(source: Dataset, root: Path, n_train: int, batch_size: int) -> N
             _atomic_write(root / "train" / GOOD / f"{idx[k]:06d}.png", _png_bytes(arr))
 
 
+def _attach_paired_source(src: Batch, source: Dataset, src_idx: list[int]) -> None:
+    """Give each sample its own second normal image (the next one in the source), so methods
+    that borrow content from another image do not depend on how the run is chunked."""
+    pair = source.batch([(j + 1) % len(source) for j in src_idx])
+    src.extras["source_image"] = pair.image
+    if pair.object_mask is not None:
+        src.extras["source_object_mask"] = pair.object_mask
+
+
 def write_generated(generator: Any, source: Dataset, out: str | Path, *, n: int, seed: int = 0, batch_size: int = 16,
                     n_train: int | None = None, progress: bool = True, conditions: dict | None = None) -> WriteSummary:
     """Generate ``n`` samples from the normals of ``source`` and write them under ``out/<category>``.
@@ -190,6 +199,8 @@ def write_generated(generator: Any, source: Dataset, out: str | Path, *, n: int,
                 idx = todo[s:s + batch_size]
                 src_idx = [i % len(source) for i in idx]
                 src = source.batch(src_idx)
+                if getattr(generator.requires, "paired_source", False):
+                    _attach_paired_source(src, source, src_idx)
                 gen_out = generator.generate(src, seeds=[sample_seed(seed, i) for i in idx], **(conditions or {}))
                 images, masks = to_uint8(gen_out.image), to_uint8(gen_out.mask)[..., 0]
                 lines = []

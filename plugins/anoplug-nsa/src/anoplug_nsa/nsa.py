@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from anoplug.generator import Generator, Paper
+from anoplug.generator import Generator, Paper, Requires
 from anoplug.params import Params
 from anoplug.types import GOOD, Batch
 from anoplug_nsa import presets
@@ -126,6 +126,7 @@ class NSA(Generator):
                   venue="ECCV", year=2022, url="https://arxiv.org/abs/2109.15222",
                   code_url="https://github.com/hmsch/natural-synthetic-anomalies")
     Params = NSAParams
+    requires = Requires(paired_source=True)  # the writer passes extras["source_image"]: chunking-independent
 
     # -- context ------------------------------------------------------------------------------
     def _context(self, batch: Batch) -> _Context:
