@@ -116,7 +116,7 @@ class Batch:
         _check(x.dtype == torch.float32, f"image must be float32, got {x.dtype}")
         b, _, h, w = x.shape
         if values and b and not x.is_meta:
-            lo, hi = float(x.min()), float(x.max())
+            lo, hi = (float(v) for v in torch.aminmax(x))  # one pass, not two
             _check(lo >= 0.0 and hi <= 1.0, f"image values must be in [0,1], got [{lo:.4g}, {hi:.4g}]")
         for name in ("mask", "object_mask", "depth"):
             t = getattr(self, name)
