@@ -337,3 +337,33 @@ register_backbone("resnet18", _build_torchvision, layers=_TV["resnet18"][1], def
 register_backbone("tiny-random", _build_tiny, layers=_TINY_LAYERS, default_layers=("layer2", "layer3"),
                   description="3-stage random CNN (8/16/32 channels, /4 /8 /16), fixed seed: for tests only",
                   weights="none (random, seeded)")
+
+
+class BackboneUser:
+    """Mixin for methods built on a frozen backbone named by ``params.backbone``.
+
+    The backbone is built lazily on first use (building WRN-50-2 is not free) and can be
+    injected instead (e.g. one with weights from a local path); it follows ``to(device)``.
+    Expects ``self.params.backbone``, ``self.params.pretrained`` and ``self.device``.
+    """
+
+    _backbone: Backbone | None = None
+
+    @property
+    def backbone(self) -> Backbone:
+        if self._backbone is None:
+            self._backbone = get_backbone(self.params.backbone, pretrained=self.params.pretrained).to(self.device)
+        return self._backbone
+
+    def set_backbone(self, backbone: Backbone):
+        """Inject an already-built backbone; its name must match ``params.backbone``."""
+        if backbone.name != self.params.backbone:
+            raise ValueError(f"backbone {backbone.name!r} given, but params.backbone is {self.params.backbone!r}")
+        self._backbone = backbone.to(self.device)
+        return self
+
+    def to(self, device):
+        super().to(device)
+        if self._backbone is not None:
+            self._backbone.to(self.device)
+        return self

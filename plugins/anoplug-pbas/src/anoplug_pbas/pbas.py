@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator
 from torch import nn
 
-from anoplug.backbones import Backbone, backbone_info, get_backbone
+from anoplug.backbones import BackboneUser, backbone_info
 from anoplug.generator import FeatureGenerator, Paper, Requires
 from anoplug.ops import as_batch, gaussian_blur
 from anoplug.params import Params
@@ -164,7 +164,7 @@ def synthesize_twins(features: torch.Tensor, centres: torch.Tensor, k: float = 0
     return twins, radius, idx
 
 
-class PBAS(FeatureGenerator):
+class PBAS(BackboneUser, FeatureGenerator):
     """PBAS's boundary-guided feature synthesis plus its detector (projection, centres, discriminator).
 
     ``generate_features`` turns projected patch features ``[B,D,h,w]`` into their anomalous
@@ -194,23 +194,9 @@ class PBAS(FeatureGenerator):
         _xavier_init(self.discriminator, g)
         self.discriminator.eval()
         self.centres: torch.Tensor | None = None
-        self._backbone: Backbone | None = None
         self.history: list[dict] = []
 
     # -- backbone and features --------------------------------------------------------------
-    @property
-    def backbone(self) -> Backbone:
-        if self._backbone is None:
-            self._backbone = get_backbone(self.params.backbone, pretrained=self.params.pretrained).to(self.device)
-        return self._backbone
-
-    def set_backbone(self, backbone: Backbone) -> PBAS:
-        """Inject an already-built backbone (e.g. one with weights from a local path)."""
-        if backbone.name != self.params.backbone:
-            raise ValueError(f"backbone {backbone.name!r} given, but params.backbone is {self.params.backbone!r}")
-        self._backbone = backbone.to(self.device)
-        return self
-
     def modules(self) -> dict[str, nn.Module]:
         return {"projection": self.projection, "discriminator": self.discriminator}
 
@@ -224,9 +210,7 @@ class PBAS(FeatureGenerator):
         self.centres = tensors.get("centres")
 
     def to(self, device: str | torch.device) -> PBAS:
-        super().to(device)
-        if self._backbone is not None:
-            self._backbone.to(self.device)
+        super().to(device)  # moves the modules and the backbone
         if self.centres is not None:
             self.centres = self.centres.to(self.device)
         return self

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator
 from torch import nn
 
-from anoplug.backbones import Backbone, backbone_info, get_backbone
+from anoplug.backbones import Backbone, BackboneUser, backbone_info
 from anoplug.generator import FeatureGenerator, Paper, Requires
 from anoplug.noise import perlin_noise, sample_gradients, sample_scales
 from anoplug.ops import as_batch, gaussian_blur
@@ -228,7 +228,7 @@ def ssn_loss(amap: torch.Tensor, score: torch.Tensor, mask: torch.Tensor, label:
     return loss
 
 
-class SuperSimpleNet(FeatureGenerator):
+class SuperSimpleNet(BackboneUser, FeatureGenerator):
     """Feature-level generator of SuperSimpleNet plus its detector (adaptor, segmentation and classification heads).
 
     ``generate_features`` works on any ``[B,C,h,w]`` features (it needs no training);
@@ -264,24 +264,9 @@ class SuperSimpleNet(FeatureGenerator):
         _xavier_init(self.head, g)
         self.adaptor.eval()
         self.head.eval()
-        self._backbone: Backbone | None = None
         self.history: list[dict] = []
 
     # -- backbone and features ------------------------------------------------------------
-    @property
-    def backbone(self) -> Backbone:
-        """The frozen backbone, built on first use (building WRN-50-2 is not free)."""
-        if self._backbone is None:
-            self._backbone = get_backbone(self.params.backbone, pretrained=self.params.pretrained).to(self.device)
-        return self._backbone
-
-    def set_backbone(self, backbone: Backbone) -> SuperSimpleNet:
-        """Inject an already-built backbone (e.g. one with weights from a local path)."""
-        if backbone.name != self.params.backbone:
-            raise ValueError(f"backbone {backbone.name!r} given, but params.backbone is {self.params.backbone!r}")
-        self._backbone = backbone.to(self.device)
-        return self
-
     def modules(self) -> dict[str, nn.Module]:
         return {"standardizer": self.standardizer, "adaptor": self.adaptor, "head": self.head}
 
@@ -293,12 +278,6 @@ class SuperSimpleNet(FeatureGenerator):
     def adapt(self, features: torch.Tensor) -> torch.Tensor:
         """Backbone features -> adapted features (the space the synthetic anomalies live in)."""
         return self.adaptor(self.standardizer(features))
-
-    def to(self, device: str | torch.device) -> SuperSimpleNet:
-        super().to(device)
-        if self._backbone is not None:
-            self._backbone.to(self.device)
-        return self
 
     def _resize(self, images: torch.Tensor) -> torch.Tensor:
         s = self.params.image_size
