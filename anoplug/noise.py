@@ -93,14 +93,14 @@ def rotate(x: torch.Tensor, degrees: torch.Tensor, mode: str = "bilinear") -> to
     on CPU); pixel centres follow ``align_corners=False`` and the aspect ratio is respected.
     """
     b, _, h, w = x.shape
-    theta = torch.deg2rad(degrees.to(device=x.device, dtype=x.dtype))[:, None, None]
+    theta = torch.deg2rad(degrees.to(device=x.device, dtype=x.dtype))
     cos, sin = torch.cos(theta), torch.sin(theta)
-    xs = ((torch.arange(w, device=x.device, dtype=x.dtype) * 2 + 1) / w - 1)[None, None, :]
-    ys = ((torch.arange(h, device=x.device, dtype=x.dtype) * 2 + 1) / h - 1)[None, :, None]
-    # Rotate in pixel units (scale x by w/2, y by h/2), then back to normalised coordinates.
-    gx = cos * xs - sin * ys * (h / w)
-    gy = sin * xs * (w / h) + cos * ys
-    grid = torch.stack((gx, gy), dim=-1)
+    xs = (torch.arange(w, device=x.device, dtype=x.dtype) * 2 + 1) / w - 1
+    ys = (torch.arange(h, device=x.device, dtype=x.dtype) * 2 + 1) / h - 1
+    base = torch.stack(torch.meshgrid(ys, xs, indexing="ij")[::-1], dim=-1).reshape(1, h * w, 2)  # (x, y)
+    # Rotate in pixel units (x scaled by w/2, y by h/2): [x, y] @ R gives the sampling point.
+    rot = torch.stack([torch.stack([cos, sin * (w / h)], -1), torch.stack([-sin * (h / w), cos], -1)], 1)  # [B,2,2]
+    grid = torch.bmm(base.expand(b, -1, -1), rot).reshape(b, h, w, 2)
     return F.grid_sample(x, grid, mode=mode, padding_mode="zeros", align_corners=False)
 
 
