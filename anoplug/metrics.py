@@ -29,7 +29,7 @@ from scipy import ndimage
 __all__ = [
     "roc_curve", "auroc", "pr_curve", "average_precision", "f1_max", "f1_max_grid",
     "image_scores", "connected_components", "pro_curve", "au_pro", "binarize_resized_mask",
-    "detection_metrics", "DETECTION_METRICS",
+    "detection_metrics", "detector_report", "DETECTION_METRICS",
 ]
 
 #: name -> one-line description of every metric :func:`detection_metrics` returns (all higher-is-better).
@@ -275,3 +275,13 @@ def detection_metrics(anomaly_maps: Any, gt_masks: Any, image_labels: Any = None
         "pixel_f1max": safe(f1_max_grid, maps, gts) if pixel_f1 == "grid" else safe(f1_max, maps, gts),
         "au_pro": safe(au_pro, maps, gts, integration_limit=pro_limit, num_thresholds=pro_thresholds),
     }
+
+
+def detector_report(maps: Any, image_scores_head: Any, test: Any) -> dict[str, float]:
+    """:func:`detection_metrics` of a detector on a labelled test ``Batch``, plus the image
+    AUROC/AP of its own image score (``*_head``), as SuperSimpleNet and PBAS report them."""
+    labels = np.array([float(lab != "good") for lab in test.label])
+    out = detection_metrics(maps, test.mask, labels)
+    out["image_auroc_head"] = float(auroc(image_scores_head, labels))
+    out["image_ap_head"] = float(average_precision(image_scores_head, labels))
+    return out

@@ -425,12 +425,7 @@ class SuperSimpleNet(BackboneUser, FeatureGenerator):
 
     def evaluate(self, test: Any) -> dict[str, float]:
         """Image AUROC/AP (classification head, and max of the map), pixel AUROC/AP, AU-PRO on a labelled test set."""
-        from anoplug.metrics import auroc, average_precision, detection_metrics
+        from anoplug.metrics import detector_report
 
         batch = as_batch(test, "test")
-        maps, scores = self.predict(batch)
-        labels = torch.tensor([float(lab != "good") for lab in batch.label])
-        out = detection_metrics(maps, batch.mask, labels)
-        out["image_auroc_head"] = float(auroc(scores, labels))
-        out["image_ap_head"] = float(average_precision(scores, labels))
-        return out
+        return detector_report(*self.predict(batch), batch)
