@@ -171,7 +171,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise UserError(f"{args.name} is a feature-level method: it produces no images to write "
                         "(use it through its detector, see `anoplug info`)")
     source = open_dataset(args.data, split="train", size=args.size)
-    if gen.requires.fit and not gen._fitted:
+    if gen.requires.fit and not gen.is_fitted:
         if not args.fit:
             raise UserError(f"{args.name} must be fitted first: pass --fit (trains on --data) or --load DIR")
         t0 = time.perf_counter()

@@ -154,6 +154,11 @@ class Generator:
             hook.anoplug_after_generate(spec=self, params=pdict, batch=out, seconds=time.perf_counter() - t0)
         return out
 
+    @property
+    def is_fitted(self) -> bool:
+        """False for a learned method until ``fit`` or ``load``; always True for procedural ones."""
+        return self._fitted
+
     def __call__(self, batch: Batch, **kw: Any) -> Batch:
         return self.generate(batch, **kw)
 

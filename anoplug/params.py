@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-__all__ = ["Params", "ParamError", "describe_field", "format_validation_error"]
+__all__ = ["Params", "ParamError", "coerce_value", "describe_field", "format_validation_error"]
 
 
 class ParamError(ValueError):
@@ -39,11 +39,12 @@ class Params(BaseModel):
         for key, raw in pairs.items():
             if key not in cls.model_fields:
                 raise ParamError(f"unknown parameter {key!r} for {cls.__qualname__}; known: {', '.join(cls.model_fields)}")
-            values[key] = _coerce(raw, cls.model_fields[key].annotation)
+            values[key] = coerce_value(raw, cls.model_fields[key].annotation)
         return cls.parse(**values)
 
 
-def _coerce(raw: str, ann: Any) -> Any:
+def coerce_value(raw: str, ann: Any) -> Any:
+    """Convert a text value (CLI ``-p``, widget text box) towards a field's annotation."""
     origin = typing.get_origin(ann)
     if ann is bool:
         low = raw.strip().lower()

@@ -36,7 +36,7 @@ import ipywidgets as W
 import numpy as np
 import torch
 
-from anoplug.params import ParamError, Params, _coerce, describe_field
+from anoplug.params import ParamError, Params, coerce_value, describe_field
 from anoplug.types import Batch
 
 __all__ = ["explore", "compare", "Explorer", "Comparison", "controls_for", "as_batch", "debounce", "LRUCache"]
@@ -184,7 +184,7 @@ def _read_control(params_cls: type[Params], name: str, widget: W.Widget) -> Any:
         ann = _base_type(params_cls.model_fields[name].annotation)
         if value.strip() == "" and params_cls.model_fields[name].default is None:
             return None
-        return _coerce(value, ann)
+        return coerce_value(value, ann)
     return value
 
 
