@@ -89,18 +89,19 @@ def perlin_noise(gradients: Sequence[torch.Tensor], size: tuple[int, int]) -> to
 def rotate(x: torch.Tensor, degrees: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
     """Rotate ``[B,C,H,W]`` about the centre by per-sample ``degrees`` (counter-clockwise), fill 0.
 
-    The sampling grid is built from two broadcast products (cheaper than ``affine_grid``
-    on CPU); pixel centres follow ``align_corners=False`` and the aspect ratio is respected.
+    The sampling grid is two broadcast multiply-adds per coordinate (a ``[B,1,W]`` row term plus a
+    ``[B,H,1]`` column term), cheaper on CPU than ``affine_grid`` or a batched matmul with K=2;
+    pixel centres follow ``align_corners=False`` and the aspect ratio is respected.
     """
     b, _, h, w = x.shape
     theta = torch.deg2rad(degrees.to(device=x.device, dtype=x.dtype))
-    cos, sin = torch.cos(theta), torch.sin(theta)
-    xs = (torch.arange(w, device=x.device, dtype=x.dtype) * 2 + 1) / w - 1
-    ys = (torch.arange(h, device=x.device, dtype=x.dtype) * 2 + 1) / h - 1
-    base = torch.stack(torch.meshgrid(ys, xs, indexing="ij")[::-1], dim=-1).reshape(1, h * w, 2)  # (x, y)
-    # Rotate in pixel units (x scaled by w/2, y by h/2): [x, y] @ R gives the sampling point.
-    rot = torch.stack([torch.stack([cos, sin * (w / h)], -1), torch.stack([-sin * (h / w), cos], -1)], 1)  # [B,2,2]
-    grid = torch.bmm(base.expand(b, -1, -1), rot).reshape(b, h, w, 2)
+    cos, sin = torch.cos(theta)[:, None, None], torch.sin(theta)[:, None, None]
+    xs = ((torch.arange(w, device=x.device, dtype=x.dtype) * 2 + 1) / w - 1)[None, None, :]
+    ys = ((torch.arange(h, device=x.device, dtype=x.dtype) * 2 + 1) / h - 1)[None, :, None]
+    # Rotate in pixel units (x scaled by w/2, y by h/2): the sampling point of output pixel (x, y).
+    grid = torch.empty(b, h, w, 2, device=x.device, dtype=x.dtype)
+    torch.add(xs * cos, ys * (-sin * (h / w)), out=grid[..., 0])
+    torch.add(xs * (sin * (w / h)), ys * cos, out=grid[..., 1])
     return F.grid_sample(x, grid, mode=mode, padding_mode="zeros", align_corners=False)
 
 

@@ -46,6 +46,17 @@ def test_contract_violations_name_the_field(bad, match):
         Batch(**bad)
 
 
+@pytest.mark.parametrize("value", [0.5, 1e-30, 1.0 - 2.0**-24, 2.0, -1.0, float("nan"), float("inf")])
+def test_mask_with_one_non_binary_value_is_refused(value):
+    """The cheap binary test (range + Σ t(1−t) = 0) catches a single bad value, tiny or near 1."""
+    m = torch.zeros(2, 1, 8, 8)
+    m[0, 0, :2] = 1.0
+    Batch(image=torch.rand(2, 3, 8, 8), mask=m.clone())  # binary: accepted
+    m[1, 0, 5, 3] = value
+    with pytest.raises(BatchError, match="mask must be binary"):
+        Batch(image=torch.rand(2, 3, 8, 8), mask=m)
+
+
 def test_indexing_cat_clone():
     b = Batch(image=torch.rand(4, 3, 4, 4), label=["good", "a", "b", "good"], text=list("wxyz"))
     sub = b[[1, 2]]

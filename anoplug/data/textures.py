@@ -44,14 +44,14 @@ def _as_hw(size: int | Sequence[int]) -> tuple[int, int]:
 
 
 def _to_tensor(a: np.ndarray, hw: tuple[int, int]) -> torch.Tensor:
-    """uint8 HW or HWC -> float32 [3,H,W] resized (bilinear, aspect ignored as in DRAEM)."""
+    """uint8 HW or HWC -> uint8 [3,H,W] resized (bilinear, aspect ignored as in DRAEM)."""
     if a.ndim == 2:
         a = np.repeat(a[..., None], 3, axis=-1)
     elif a.shape[-1] == 4:
         a = a[..., :3]
     if a.shape[:2] != hw:
         a = np.asarray(Image.fromarray(np.ascontiguousarray(a)).resize((hw[1], hw[0]), Image.BILINEAR))
-    return torch.from_numpy(np.array(a, copy=True)).permute(2, 0, 1).float().div_(255.0)
+    return torch.from_numpy(np.array(a, copy=True)).permute(2, 0, 1).contiguous()
 
 
 class TextureSource:
@@ -63,7 +63,7 @@ class TextureSource:
         self.size = _as_hw(size)
         self._loaders = list(loaders)
         self.labels = list(labels)  # a human-readable id per texture (file path or picture name + tile)
-        self._cache: OrderedDict[int, torch.Tensor] = OrderedDict()
+        self._cache: OrderedDict[int, torch.Tensor] = OrderedDict()  # uint8: 4x less memory, and what DRAEM augments
 
     def __len__(self) -> int:
         return len(self._loaders)
@@ -73,6 +73,10 @@ class TextureSource:
 
     def get(self, i: int) -> torch.Tensor:
         """Texture ``i`` as float32 ``[3,H,W]`` in [0,1] (a fresh copy; the cache is not exposed)."""
+        return self.get_uint8(i).float().div_(255.0)
+
+    def get_uint8(self, i: int) -> torch.Tensor:
+        """Texture ``i`` as uint8 ``[3,H,W]``, as decoded (a fresh copy)."""
         i = int(i)
         if not 0 <= i < len(self):
             raise IndexError(f"texture index {i} out of range for {self!r}")
@@ -84,9 +88,14 @@ class TextureSource:
             self._cache.move_to_end(i)
         return self._cache[i].clone()
 
-    def stack(self, indices: Sequence[int]) -> torch.Tensor:
-        """Several textures as ``[k,3,H,W]``."""
-        return torch.stack([self.get(i) for i in indices]) if len(indices) else torch.zeros(0, 3, *self.size)
+    def stack(self, indices: Sequence[int], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Several textures as ``[k,3,H,W]``: float32 in [0,1], or ``dtype=torch.uint8`` as decoded."""
+        if dtype not in (torch.float32, torch.uint8):
+            raise ValueError(f"texture dtype must be torch.float32 or torch.uint8, got {dtype}")
+        if not len(indices):
+            return torch.zeros(0, 3, *self.size, dtype=dtype)
+        out = torch.stack([self.get_uint8(i) for i in indices])
+        return out if dtype == torch.uint8 else out.float().div_(255.0)
 
     def sample(self, rng: torch.Generator) -> tuple[int, torch.Tensor]:
         """A uniformly drawn texture (its index and tensor) from an explicit generator."""

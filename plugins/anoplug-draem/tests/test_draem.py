@@ -66,28 +66,33 @@ def test_min_max_scale_validation_names_field() -> None:
         Draem(min_scale_exp=5, max_scale_exp=3)
 
 
+def _u8(x: torch.Tensor) -> torch.Tensor:
+    return (x * 255).round().to(torch.uint8)
+
+
 @pytest.mark.parametrize("name", augment.NAMES)
-def test_each_augmenter_stays_in_range_and_changes_image(name: str) -> None:
-    x = make_toy_batch(3, 32).image
+def test_each_augmenter_keeps_uint8_and_changes_image(name: str) -> None:
+    x = _u8(make_toy_batch(3, 32).image)
     rngs = [torch.Generator().manual_seed(k) for k in range(3)]
     params = torch.tensor([augment.sample_params(name, r) for r in rngs]).reshape(3, -1)
     if name == "solarize":
         params[:, 0] = 1.0  # force active
+    before = x.clone()
     y = augment.FUNCS[name](x, params)
-    assert y.shape == x.shape and float(y.min()) >= 0 and float(y.max()) <= 1
-    assert not torch.allclose(y, x), f"{name} did nothing"
+    assert y.shape == x.shape and y.dtype == torch.uint8
+    assert torch.equal(x, before), f"{name} modified its input"
+    assert not torch.equal(y, x), f"{name} did nothing"
 
 
 def test_equalize_matches_pil() -> None:
     import numpy as np
     from PIL import Image, ImageOps
 
-    x = make_toy_batch(2, 32).image
-    y = augment.equalize(x, torch.zeros(2, 0))
+    x = _u8(make_toy_batch(2, 32).image)
+    y = augment.FUNCS["equalize"](x, torch.zeros(2, 0))
     for i in range(2):
-        arr = (x[i].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-        ref = np.asarray(ImageOps.equalize(Image.fromarray(arr))).astype(np.float32) / 255
-        assert np.abs(ref - y[i].permute(1, 2, 0).numpy()).max() < 1e-6
+        ref = np.asarray(ImageOps.equalize(Image.fromarray(x[i].permute(1, 2, 0).numpy())))
+        assert np.array_equal(ref, y[i].permute(1, 2, 0).numpy())
 
 
 @pytest.mark.parametrize("cutoff", [0, 3, 20])
@@ -95,22 +100,69 @@ def test_autocontrast_matches_pil(cutoff: int) -> None:
     import numpy as np
     from PIL import Image, ImageOps
 
-    x = make_toy_batch(1, 32).image * 0.5 + 0.2
-    x = (x * 255).round() / 255
-    y = augment.autocontrast(x, torch.full((1, 1), float(cutoff)))
-    arr = (x[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    x = _u8(make_toy_batch(1, 32).image * 0.5 + 0.2)
+    y = augment.FUNCS["autocontrast"](x, torch.full((1, 1), float(cutoff)))
+    arr = x[0].permute(1, 2, 0).numpy()
     ref = np.stack([np.asarray(ImageOps.autocontrast(Image.fromarray(arr[..., c]), cutoff=cutoff)) for c in range(3)], -1)
-    assert np.array_equal((y[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8), ref)
+    assert np.array_equal(y[0].permute(1, 2, 0).numpy(), ref)
 
 
 def test_sharpness_matches_pil() -> None:
     import numpy as np
     from PIL import Image, ImageEnhance
 
-    x = make_toy_batch(1, 32).image
+    x = _u8(make_toy_batch(1, 32).image)
+    arr = x[0].permute(1, 2, 0).numpy()
     for factor in (0.0, 0.5, 1.7):
         y = augment.sharpness(x, torch.tensor([[factor]]))
-        arr = (x[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
         ref = np.asarray(ImageEnhance.Sharpness(Image.fromarray(arr)).enhance(factor)).astype(np.int16)
-        ours = (y[0].permute(1, 2, 0).numpy() * 255).round().astype(np.int16)
+        ours = y[0].permute(1, 2, 0).numpy().astype(np.int16)
         assert np.abs(ours - ref).max() <= 1, factor  # PIL rounds in integer arithmetic
+
+
+def test_gamma_table_is_imgaugs() -> None:
+    """imgaug (uint8): table = 255·linspace(0,1,256)^γ in float32, clipped and truncated."""
+    import numpy as np
+
+    g = np.float32(0.7)
+    ref = np.clip(np.linspace(0, 1.0, 256, dtype=np.float32) ** g * 255, 0, 255).astype(np.uint8)
+    t = augment.TABLES["gamma"](None, torch.tensor([[0.7, 0.7, 0.7]]))
+    assert np.abs(t[0, 0].numpy().astype(int) - ref.astype(int)).max() <= 1  # float32 pow may differ by 1 ulp
+
+
+def _hsv_reference(x: torch.Tensor, dh: float, ds: float) -> torch.Tensor:
+    """The textbook where-chain HSV round trip, to check the compact version against."""
+    f = x.float() / 255
+    r, g, b = f.unbind(1)
+    mx, mn = f.max(1).values, f.min(1).values
+    d = mx - mn
+    safe = torch.where(d > 0, d, torch.ones_like(d))
+    h = torch.where(mx == r, ((g - b) / safe) % 6, torch.where(mx == g, (b - r) / safe + 2, (r - g) / safe + 4))
+    h = torch.where(d > 0, h / 6, torch.zeros_like(h))
+    s = torch.where(mx > 0, d / torch.where(mx > 0, mx, torch.ones_like(mx)), torch.zeros_like(mx))
+    h = (h + dh / 255) % 1
+    s = (s + ds / 255).clamp(0, 1)
+    k = (torch.tensor([5.0, 3.0, 1.0])[None, :, None, None] + h[:, None] * 6) % 6
+    out = mx[:, None] - mx[:, None] * s[:, None] * torch.clamp(torch.minimum(k, 4 - k), 0, 1)
+    return (out * 255).round().clamp(0, 255).to(torch.uint8)
+
+
+@pytest.mark.parametrize(("dh", "ds"), [(0, 0), (37, -20), (-50, 50)])
+def test_hue_saturation_matches_textbook_hsv(dh: float, ds: float) -> None:
+    x = _u8(make_toy_batch(2, 32).image)
+    y = augment.hue_saturation(x, torch.tensor([[dh, ds]] * 2))
+    assert (y.int() - _hsv_reference(x, dh, ds).int()).abs().max() <= 1
+    if dh == ds == 0:
+        assert (y.int() - x.int()).abs().max() <= 1
+
+
+def test_composed_point_maps_equal_one_by_one() -> None:
+    """A run of point maps looked up once through the composed table = applying them in turn."""
+    x = _u8(make_toy_batch(1, 48).image)
+    run = [("gamma", [0.6, 1.3, 1.9]), ("equalize", []), ("solarize", [1.0, 90.0]), ("autocontrast", [7.0]),
+           ("posterize", [3.0]), ("invert", [])]
+    step = x.clone()
+    for name, params in run:
+        step = augment.FUNCS[name](step, torch.tensor([params]).reshape(1, -1))
+    chained = augment.apply_chains(x.clone(), [run])
+    assert torch.equal(chained, step)

@@ -1,19 +1,33 @@
-"""DRAEM's ten texture augmenters, batched in torch with per-sample parameters.
+"""DRAEM's ten texture augmenters on uint8 textures, batched, with per-sample parameters.
 
-The original draws 3 of these imgaug augmenters without replacement and applies them in
-the drawn order to the anomaly-source texture (``data_loader.py``). Each function here
-takes a float ``[n,3,H,W]`` batch in [0,1] and the per-sample parameters ``p`` (a tensor
-with one row per sample) and reproduces the imgaug/PIL operation on the 0–255 scale.
+The original draws 3 of these imgaug augmenters without replacement and applies them in the
+drawn order to a uint8 texture (``data_loader.py``); imgaug returns uint8 after every step.
+So do we:
+
+- six are per-channel *point maps* 0..255 → 0..255 (gamma, solarize, posterize, invert,
+  autocontrast, equalize). Each is a 256-entry table; autocontrast and equalize build theirs
+  from the current histogram, as PIL does. A run of point maps in a chain composes into one
+  table (the histogram after the first maps is the input histogram pushed through their
+  tables), so the pixels are looked up once per run, however long it is;
+- four need the pixels themselves (brightness in YCrCb, hue/saturation in HSV, sharpness,
+  rotation): computed in float from the uint8 values and rounded back to uint8.
+
+Every function takes uint8 ``[n,3,H,W]`` and the per-sample parameters ``p`` (one row per sample).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
+import numpy as np
 import torch
 
 from anoplug.noise import rotate
 
 NAMES = ("gamma", "brightness", "sharpness", "hue_saturation", "solarize", "posterize", "invert",
          "autocontrast", "equalize", "rotate")
+POINT_MAPS = ("gamma", "solarize", "posterize", "invert", "autocontrast", "equalize")
+_NEEDS_HISTOGRAM = ("autocontrast", "equalize")
 
 
 def sample_params(name: str, rng: torch.Generator) -> list[float]:
@@ -37,29 +51,130 @@ def sample_params(name: str, rng: torch.Generator) -> list[float]:
         return [float(torch.randint(0, 21, (1,), generator=rng))]
     if name == "equalize":  # pillike.Equalize()
         return []
-    if name == "rotate":  # Affine(rotate=(-45, 45)), constant fill 0
+    if name == "rotate":  # Affine(rotate=(-45, 45)), bilinear, constant fill 0
         return u(-45.0, 45.0)
     raise ValueError(f"unknown augmenter {name!r}")
 
 
-def _to255(x: torch.Tensor) -> torch.Tensor:
-    return (x * 255.0).round()
+# -- point maps: 256-entry tables ----------------------------------------------------------------
+# Each takes the current histograms ``[n,3,256]`` (None where not needed) and ``p`` and returns
+# the table ``[n,3,256]`` (int64, values 0..255).
+
+_LEVELS = torch.arange(256)
 
 
-def gamma(x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-    return x.pow(p[:, :, None, None])
+def _gamma_table(hist: torch.Tensor | None, p: torch.Tensor) -> torch.Tensor:
+    """imgaug (uint8): ``255 · (i/255)^γ`` in float32, clipped, truncated to uint8; γ per channel."""
+    lin = torch.linspace(0.0, 1.0, 256, dtype=torch.float32)
+    return (lin.pow(p[:, :, None].float()) * 255.0).clamp(0, 255).long()
 
 
-_RGB2YCC = torch.tensor([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]])
+def _solarize_table(hist: torch.Tensor | None, p: torch.Tensor) -> torch.Tensor:
+    """imgaug Solarize: values ≥ threshold are inverted, in half of the samples (p[:,0] flags them)."""
+    flip = (p[:, :1] > 0.5) & (_LEVELS[None, :] >= p[:, 1:2])
+    return torch.where(flip, 255 - _LEVELS, _LEVELS)[:, None, :].expand(-1, 3, -1)
+
+
+def _posterize_table(hist: torch.Tensor | None, p: torch.Tensor) -> torch.Tensor:
+    """Keep the ``bits`` most significant bits (imgaug's uniform quantisation to n bits)."""
+    step = (2 ** (8 - p[:, 0].long()))[:, None]
+    return ((_LEVELS[None, :] // step) * step)[:, None, :].expand(-1, 3, -1)
+
+
+def _invert_table(hist: torch.Tensor | None, p: torch.Tensor) -> torch.Tensor:
+    return (255 - _LEVELS).expand(len(p), 3, -1)
+
+
+def _autocontrast_table(hist: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """PIL ImageOps.autocontrast per channel: cut ``cutoff`` % of pixels at each end, stretch to 0–255."""
+    n = hist.shape[0]
+    h = hist.reshape(n * 3, 256)
+    total = h.sum(1, keepdim=True)
+    cut = (total * p[:, 0].long().repeat_interleave(3)[:, None]) // 100  # PIL: n * cutoff // 100
+    lo = torch.searchsorted(torch.cumsum(h, 1), cut, right=True)  # first bin whose count exceeds the cut
+    hi = 255 - torch.searchsorted(torch.cumsum(h.flip(1), 1), cut, right=True)
+    ok = hi > lo
+    scale = 255.0 / torch.where(ok, hi - lo, torch.ones_like(hi)).double()
+    lut = (_LEVELS[None, :].double() * scale - lo * scale).trunc().clamp(0, 255).long()  # PIL: int(i*scale+offset)
+    return torch.where(ok, lut, _LEVELS[None, :]).reshape(n, 3, 256)
+
+
+def _equalize_table(hist: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """PIL ImageOps.equalize per channel (same step rule and lookup table)."""
+    n = hist.shape[0]
+    h = hist.reshape(n * 3, 256)
+    nz = h > 0
+    last = 255 - nz.flip(1).long().argmax(1)  # index of the last non-empty bin
+    step = (h.sum(1) - h.gather(1, last[:, None])[:, 0]) // 255
+    ok = (nz.sum(1) > 1) & (step > 0)
+    safe = torch.where(ok, step, torch.ones_like(step))[:, None]
+    lut = ((safe // 2 + torch.cumsum(h, 1) - h) // safe).clamp(max=255)
+    return torch.where(ok[:, None], lut, _LEVELS[None, :]).reshape(n, 3, 256)
+
+
+TABLES: dict[str, Callable[[torch.Tensor | None, torch.Tensor], torch.Tensor]] = {
+    "gamma": _gamma_table, "solarize": _solarize_table, "posterize": _posterize_table, "invert": _invert_table,
+    "autocontrast": _autocontrast_table, "equalize": _equalize_table}
+
+
+def histograms(x: torch.Tensor) -> torch.Tensor:
+    """256-bin histogram of every channel of uint8 ``[n,3,H,W]``: ``[n,3,256]`` int64."""
+    planes = x.reshape(x.shape[0] * x.shape[1], -1)
+    return torch.stack([torch.bincount(pl, minlength=256) for pl in planes]).reshape(*x.shape[:2], 256)
+
+
+def compose_tables(hist: torch.Tensor | None, run: Sequence[tuple[str, torch.Tensor]]) -> torch.Tensor:
+    """One table ``[n,3,256]`` for a run of point maps applied in order (``hist``: of the run's input)."""
+    table = None
+    for name, p in run:
+        cur = None
+        if name in _NEEDS_HISTOGRAM:  # the histogram of the intermediate image, from the tables so far
+            cur = hist if table is None else torch.zeros_like(hist).scatter_add_(2, table, hist)
+        t = TABLES[name](cur, p)
+        table = t if table is None else t.gather(2, table)
+    assert table is not None, "empty run of point maps"
+    return table
+
+
+def apply_tables(x: torch.Tensor, tables: torch.Tensor) -> torch.Tensor:
+    """Look every pixel of uint8 ``[n,3,H,W]`` up in its channel's table (in place; returns ``x``).
+
+    ``numpy.take`` with uint8 indices into a 256-entry uint8 table is a tight C loop; torch's
+    gather would first widen every index to int64 (measured 6× slower).
+    """
+    xs = x.numpy()
+    ts = tables.to(torch.uint8).numpy()
+    for i in range(x.shape[0]):
+        for c in range(x.shape[1]):
+            xs[i, c] = np.take(ts[i, c], xs[i, c])
+    return x
+
+
+def point_map(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """A single point map as an image function (uint8 in, uint8 out) — the chain runs compose them."""
+    def fn(x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        hist = histograms(x) if name in _NEEDS_HISTOGRAM else None
+        return apply_tables(x.clone(), compose_tables(hist, [(name, p)]))
+    fn.__name__ = name
+    return fn
+
+
+# -- augmenters that need the pixels --------------------------------------------------------------
+def _to_u8(f: torch.Tensor) -> torch.Tensor:
+    """0–255 float → uint8, rounded and clipped (imgaug's restore to uint8)."""
+    return f.round_().clamp_(0, 255).to(torch.uint8)
 
 
 def brightness(x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-    """Multiply and add on the luma channel (imgaug works in YCrCb), chroma untouched."""
-    m = _RGB2YCC.to(x)
-    ycc = torch.einsum("ij,bjhw->bihw", m, x)
-    y = ycc[:, :1] * p[:, 0, None, None, None] + p[:, 1, None, None, None] / 255.0
-    ycc = torch.cat([y, ycc[:, 1:]], 1)
-    return torch.einsum("ij,bjhw->bihw", torch.linalg.inv(m), ycc).clamp(0, 1)
+    """Multiply and add on the luma channel of YCrCb, chroma untouched.
+
+    Going back from YCrCb to RGB adds the change of Y to every channel with weight 1, so the
+    colour transform never has to be built: ``RGB' = RGB + (Y·(mul−1) + add)``.
+    """
+    f = x.float()
+    y = 0.299 * f[:, 0:1] + 0.587 * f[:, 1:2] + 0.114 * f[:, 2:3]
+    dy = y * (p[:, 0, None, None, None] - 1) + p[:, 1, None, None, None]
+    return _to_u8(f.add_(dy))
 
 
 def sharpness(x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
@@ -67,117 +182,97 @@ def sharpness(x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
 
     The 3×3 box sum is computed separably with shifted adds, much cheaper than a conv on CPU.
     """
-    rows = x[..., :-2, :] + x[..., 1:-1, :] + x[..., 2:, :]
+    f = x.float()
+    rows = f[..., :-2, :] + f[..., 1:-1, :] + f[..., 2:, :]
     box = rows[..., :-2] + rows[..., 1:-1] + rows[..., 2:]
-    smooth = (box + 4 * x[..., 1:-1, 1:-1]) / 13
-    degenerate = x.clone()
-    degenerate[..., 1:-1, 1:-1] = _to255(smooth) / 255.0
-    f = p[:, 0, None, None, None]
-    return (degenerate + f * (x - degenerate)).clamp(0, 1)
+    degenerate = f.clone()
+    degenerate[..., 1:-1, 1:-1] = box.add_(f[..., 1:-1, 1:-1], alpha=4).div_(13).round_()
+    return _to_u8(torch.lerp(degenerate, f, p[:, 0, None, None, None]))
 
 
-def _rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
-    r, g, b = x.unbind(1)
-    mx, _ = x.max(1)
-    mn, _ = x.min(1)
-    d = mx - mn
-    safe = torch.where(d > 0, d, torch.ones_like(d))
-    h = torch.where(mx == r, ((g - b) / safe) % 6, torch.where(mx == g, (b - r) / safe + 2, (r - g) / safe + 4))
-    h = torch.where(d > 0, h / 6.0, torch.zeros_like(h))
-    s = torch.where(mx > 0, d / torch.where(mx > 0, mx, torch.ones_like(mx)), torch.zeros_like(mx))
-    return torch.stack([h, s, mx], 1)
-
-
-def _hsv_to_rgb(hsv: torch.Tensor) -> torch.Tensor:
-    h, s, v = hsv.unbind(1)
-    k = (torch.tensor([5.0, 3.0, 1.0], device=hsv.device)[None, :, None, None] + h[:, None] * 6) % 6
-    return v[:, None] - v[:, None] * s[:, None] * torch.clamp(torch.minimum(k, 4 - k), 0, 1)
+def _wrap6(h: torch.Tensor) -> torch.Tensor:
+    """``h mod 6`` in place (``torch.remainder`` measured 5x slower here)."""
+    return h.sub_(torch.floor(h / 6).mul_(6))
 
 
 def hue_saturation(x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-    """Add to hue (imgaug's ±255 spans the full hue circle) and saturation (0–255 scale)."""
-    hsv = _rgb_to_hsv(x)
-    h = (hsv[:, 0] + p[:, 0, None, None] / 255.0) % 1.0
-    s = (hsv[:, 1] + p[:, 1, None, None] / 255.0).clamp(0, 1)
-    return _hsv_to_rgb(torch.stack([h, s, hsv[:, 2]], 1)).clamp(0, 1)
+    """Add to hue (imgaug's ±255 spans the full hue circle) and saturation (0–255 scale) in HSV.
 
-
-def solarize(x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-    active = p[:, 0, None, None, None] > 0.5
-    v = _to255(x)
-    inv = torch.where(v >= p[:, 1, None, None, None], 255.0 - v, v) / 255.0
-    return torch.where(active, inv, x)
-
-
-def posterize(x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-    step = torch.pow(2.0, 8 - p[:, 0])[:, None, None, None]
-    return (torch.floor(_to255(x) / step) * step) / 255.0
-
-
-def invert(x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-    return 1.0 - x
-
-
-def _histograms(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(uint8 values ``[n*c, H*W]`` as long, their 256-bin histograms ``[n*c, 256]``)."""
-    v = _to255(x).long().reshape(x.shape[0] * x.shape[1], -1)
-    hist = torch.zeros(v.shape[0], 256, dtype=torch.long, device=x.device).scatter_add_(1, v, torch.ones_like(v))
-    return v, hist
-
-
-def autocontrast(x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-    """PIL ImageOps.autocontrast per channel: cut ``cutoff`` % of pixels at each end, stretch to 0–255."""
-    n, c = x.shape[:2]
-    v, hist = _histograms(x)
-    total = hist.sum(1, keepdim=True)
-    cut = (total * p[:, 0].long().repeat_interleave(c)[:, None]) // 100  # PIL: n * cutoff // 100
-    cdf = torch.cumsum(hist, 1)
-    lo = torch.searchsorted(cdf, cut, right=True)  # first bin whose count exceeds the cut
-    hi = 255 - torch.searchsorted(torch.cumsum(hist.flip(1), 1), cut, right=True)
-    ok = hi > lo
-    scale = 255.0 / torch.where(ok, hi - lo, torch.ones_like(hi)).double()
-    ix = torch.arange(256, device=x.device, dtype=torch.float64)[None, :]
-    lut = (ix * scale - lo * scale).trunc().clamp(0, 255).float()  # PIL: int(ix * scale + offset)
-    lut = torch.where(ok, lut, torch.arange(256, device=x.device, dtype=torch.float32)[None, :])
-    return (lut.gather(1, v) / 255.0).reshape(x.shape)
-
-
-def equalize(x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-    """PIL ImageOps.equalize per channel (same step rule and lookup table)."""
-    v, hist = _histograms(x)
-    nz = hist > 0
-    last = 255 - nz.flip(1).long().argmax(1)  # index of the last non-empty bin
-    step = (hist.sum(1) - hist.gather(1, last[:, None])[:, 0]) // 255
-    ok = (nz.sum(1) > 1) & (step > 0)
-    safe = torch.where(ok, step, torch.ones_like(step))[:, None]
-    excl = torch.cumsum(hist, 1) - hist
-    lut = ((safe // 2 + excl) // safe).clamp(max=255)
-    out = torch.where(ok[:, None], lut.gather(1, v), v)
-    return (out.float() / 255.0).reshape(x.shape)
+    Written for few passes over the pixels, all in float32 (``argmax`` over channels and mixed
+    bool/int arithmetic are many times slower on CPU): hue in [0, 6) from the largest channel
+    (red, then green, then blue on ties, as the usual where-chain), and the new chroma
+    ``v·s' = clamp(max − min + Δs·max, 0, max)`` without dividing by v.
+    """
+    f = x.float()
+    r, g, b = f[:, 0:1], f[:, 1:2], f[:, 2:3]
+    # Few, reused buffers: on CPU every fresh full-size temporary costs page faults.
+    mx = torch.maximum(r, g)
+    torch.maximum(mx, b, out=mx)
+    d = torch.minimum(r, g)
+    torch.minimum(d, b, out=d)
+    torch.sub(mx, d, out=d)
+    r_max = torch.eq(mx, r)
+    g_max = torch.eq(mx, g).logical_and_(~r_max)
+    b_max = ~(r_max | g_max)
+    # grey pixels (d = 0) have all three differences 0, so their hue is 0 whatever the divisor
+    h = (g - b).mul_(r_max)
+    h.addcmul_(b - r, g_max).addcmul_(r - g, b_max).div_(d.clamp_min(1.0))  # in [-1, 1]
+    h.add_(g_max, alpha=2).add_(b_max, alpha=4).add_(p[:, 0, None, None, None] * (6.0 / 255.0))
+    _wrap6(h)
+    chroma = d.addcmul_(mx, p[:, 1, None, None, None] / 255.0).clamp_min_(0)
+    torch.minimum(chroma, mx, out=chroma)
+    k = _wrap6(torch.add(h, torch.tensor([5.0, 3.0, 1.0])[None, :, None, None], out=f))  # f is free now
+    ramp = torch.minimum(k, 4.0 - k).clamp_(0, 1)
+    return _to_u8(ramp.mul_(chroma).neg_().add_(mx))
 
 
 def rotate_texture(x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-    return rotate(x, p[:, 0])
+    """imgaug Affine(rotate): bilinear about the centre, constant fill 0."""
+    return _to_u8(rotate(x.float(), p[:, 0]))
 
 
-FUNCS = {"gamma": gamma, "brightness": brightness, "sharpness": sharpness, "hue_saturation": hue_saturation,
-         "solarize": solarize, "posterize": posterize, "invert": invert, "autocontrast": autocontrast,
-         "equalize": equalize, "rotate": rotate_texture}
+FUNCS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "brightness": brightness, "sharpness": sharpness, "hue_saturation": hue_saturation, "rotate": rotate_texture,
+    **{name: point_map(name) for name in POINT_MAPS}}
 assert set(FUNCS) == set(NAMES)
 
 
-def apply_chains(textures: torch.Tensor, chains: list[list[tuple[str, list[float]]]]) -> torch.Tensor:
-    """Apply each sample's augmenter chain in place; samples sharing an augmenter at a step run together.
+def _stages(chain: Sequence[tuple[str, list[float]]]) -> list[tuple[str, list[tuple[str, list[float]]]]]:
+    """Split a chain into stages: a run of consecutive point maps is one ``"points"`` stage."""
+    stages: list[tuple[str, list[tuple[str, list[float]]]]] = []
+    for name, params in chain:
+        if name in POINT_MAPS and stages and stages[-1][0] == "points":
+            stages[-1][1].append((name, params))
+        else:
+            stages.append(("points" if name in POINT_MAPS else name, [(name, params)]))
+    return stages
 
-    Every augmenter maps [0,1] to [0,1], so no clamping is needed between steps.
+
+def apply_chains(textures: torch.Tensor, chains: Sequence[Sequence[tuple[str, list[float]]]]) -> torch.Tensor:
+    """Apply each sample's augmenter chain to uint8 ``[n,3,H,W]`` textures (in place; returns them).
+
+    Stage by stage, samples whose stage is the same pixel augmenter run together; a run of
+    point maps becomes one composed table per sample and one lookup.
     """
+    if textures.dtype != torch.uint8:
+        raise TypeError(f"apply_chains expects uint8 textures, got {textures.dtype}")
     out = textures
-    depth = max((len(c) for c in chains), default=0)
-    for step in range(depth):
-        for name in NAMES:
-            idx = [i for i, c in enumerate(chains) if len(c) > step and c[step][0] == name]
-            if not idx:
-                continue
-            params = torch.tensor([chains[i][step][1] for i in idx], dtype=out.dtype).reshape(len(idx), -1)
-            out[idx] = FUNCS[name](out[idx], params)
+    staged = [_stages(c) for c in chains]
+    for step in range(max((len(s) for s in staged), default=0)):
+        groups: dict[str, list[int]] = {}
+        for i, s in enumerate(staged):
+            if len(s) > step:
+                groups.setdefault(s[step][0], []).append(i)
+        for kind, idx in groups.items():
+            if kind == "points":
+                for i in idx:
+                    run = [(name, torch.tensor([params], dtype=torch.float32)) for name, params in staged[i][step][1]]
+                    needs = any(name in _NEEDS_HISTOGRAM for name, _ in run)
+                    table = compose_tables(histograms(out[i:i + 1]) if needs else None, run)
+                    apply_tables(out[i:i + 1], table)
+            else:
+                params = torch.tensor([staged[i][step][1][0][1] for i in idx], dtype=torch.float32).reshape(len(idx), -1)
+                result = FUNCS[kind](torch.stack([out[i] for i in idx]), params)
+                for j, i in enumerate(idx):  # plain copies: index_copy_ on CPU measured 5x slower
+                    out[i] = result[j]
     return out

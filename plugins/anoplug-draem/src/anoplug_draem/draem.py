@@ -5,7 +5,8 @@
    by U(-90°, 90°) with zero fill, thresholded at 0.5 → an irregular blob mask ``M``.
 3. An anomaly-source texture (DTD in the paper; here scikit-image's bundled textures, a
    user DTD folder, or anomalib's Perlin-as-texture fallback), resized to the image, then
-   3 of DRAEM's 10 augmenters drawn without replacement and applied in the drawn order.
+   3 of DRAEM's 10 augmenters drawn without replacement and applied in the drawn order
+   (on the uint8 texture, as imgaug does).
 4. β ~ U(0, 0.8); inside the mask the texture is blended with opacity 1 − β:
    ``I' = I·(1−M) + (1−β)·T·M + β·I·M``. Outside the mask the image is untouched.
 5. A sample whose mask came out empty is labelled normal (as DRAEM does).
@@ -13,6 +14,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -92,24 +94,31 @@ class Draem(Generator):
         return out
 
     def apply(self, batch: Batch, samples: list[dict], **conditions: Any) -> Batch:
-        out = batch.clone()
         idx = [i for i, s in enumerate(samples) if s["anomalous"]]
+        if len(idx) < len(batch):  # some samples stay as they are
+            out = batch.clone()
+        else:  # every pixel tensor is replaced below: no need to copy the input's
+            out = copy.copy(batch)
+            out.label, out.meta, out.extras = list(batch.label), [dict(m) for m in batch.meta], dict(batch.extras)
         if not idx:
             return out
         h, w = batch.size
         sub = [samples[i] for i in idx]
         noise, mask = perlin_masks([s["gradients"] for s in sub], (h, w), self.params.threshold,
                                    torch.tensor([s["angle"] for s in sub]))
-        if self.params.texture_source == "perlin":  # anomalib's DTD-free fallback
-            tex = (0.5 * noise + 0.25).clamp(0, 1).expand(-1, 3, -1, -1).contiguous()
+        if self.params.texture_source == "perlin":  # anomalib's DTD-free fallback, as an 8-bit picture
+            tex = (0.5 * noise + 0.25).mul_(255).round_().clamp_(0, 255).to(torch.uint8).expand(-1, 3, -1, -1)
+            tex = tex.contiguous()
         else:
-            tex = self._texture_source((h, w)).stack([s["texture"] for s in sub]).float()
-        tex = augment.apply_chains(tex, [s["augmenters"] for s in sub])
+            tex = self._texture_source((h, w)).stack([s["texture"] for s in sub], dtype=torch.uint8)
+        # The augmenters work on uint8, as imgaug does in the original.
+        tex = augment.apply_chains(tex, [s["augmenters"] for s in sub]).float().div_(255.0)
         everyone = len(idx) == len(batch)
         image = batch.image if everyone else batch.image[idx]
         beta = torch.tensor([s["beta"] for s in sub], dtype=image.dtype)[:, None, None, None]
         # Inside the mask (1-β)·T + β·I, a convex mix of values in [0,1]; outside, I bit for bit.
-        result = torch.where(mask.bool(), torch.lerp(tex, image, beta), image)
+        # lerp with a 0/1 weight returns either end exactly, and is much cheaper than torch.where on CPU.
+        result = torch.lerp(image, torch.lerp(tex, image, beta), mask)
         if everyone:
             out.image, out.mask = result, mask
         else:
