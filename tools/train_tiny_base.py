@@ -26,14 +26,20 @@ import torch
 import torch.nn.functional as F
 
 
-def load_data(size: int, per_split: int, seed: int):
-    """Images [N,3,H,W] in [0,1] and captions of every toy category (train + test splits)."""
+def load_data(size: int, per_split: int, seed: int, test_per_category: int = 0):
+    """Images [N,3,H,W] in [0,1] and captions of every toy category (train + test splits).
+
+    ``test_per_category`` > 0 draws that many test images instead of ``per_split``: the test
+    split cycles good, defect 1, defect 2, ..., so a longer test split is how the model sees
+    enough defects to learn what "a hole" or "a scratch" looks like from its caption.
+    """
     from anoplug.data.toy import CATEGORIES, ToyDataset
 
     images, captions = [], []
     for cat in CATEGORIES:
         for split in ("train", "test"):
-            ds = ToyDataset(cat, split, size=size, seed=seed, length=per_split)
+            n = test_per_category if split == "test" and test_per_category > 0 else per_split
+            ds = ToyDataset(cat, split, size=size, seed=seed, length=n)
             b = ds.batch(range(len(ds)))
             images.append(b.image)
             captions += list(b.text)
@@ -73,8 +79,27 @@ def train_vae(vae, images: torch.Tensor, steps: int, batch: int, lr: float, kl_w
     return curve
 
 
+class EMA:
+    """Exponential moving average of parameters: the usual way diffusion models are sampled."""
+
+    def __init__(self, modules, decay: float):
+        self.decay = decay
+        self.params = [p for m in modules for p in m.parameters()]
+        self.shadow = [p.detach().clone() for p in self.params]
+
+    @torch.no_grad()
+    def update(self, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))  # warm-up, so early weights do not dominate
+        torch._foreach_lerp_(self.shadow, [p.detach() for p in self.params], 1 - d)
+
+    @torch.no_grad()
+    def copy_to_model(self) -> None:
+        for p, s in zip(self.params, self.shadow):
+            p.copy_(s)
+
+
 def train_unet(unet, text_encoder, tokenizer, latents: torch.Tensor, captions: list[str], steps: int, batch: int,
-               lr: float, drop: float, g: torch.Generator, log):
+               lr: float, drop: float, g: torch.Generator, log, ema_decay: float = 0.0, checkpoint=None):
     from anoplug.diffusion.loading import make_scheduler
 
     sched = make_scheduler("ddpm")
@@ -87,6 +112,7 @@ def train_unet(unet, text_encoder, tokenizer, latents: torch.Tensor, captions: l
     ids_empty = tokenizer([""], padding="max_length", max_length=n_ctx, return_tensors="pt").input_ids
     unet.train()
     text_encoder.train()
+    ema = EMA([unet, text_encoder], ema_decay) if ema_decay > 0 else None
     curve = []
     for step in range(steps):
         for grp in opt.param_groups:
@@ -105,9 +131,15 @@ def train_unet(unet, text_encoder, tokenizer, latents: torch.Tensor, captions: l
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
+        if ema is not None:
+            ema.update(step)
         curve.append(loss.item())
         if step % 100 == 0 or step == steps - 1:
             log(f"unet step {step} loss {sum(curve[-100:]) / len(curve[-100:]):.4f}")
+        if checkpoint is not None and step % 1000 == 999:
+            checkpoint(step, curve)
+    if ema is not None:
+        ema.copy_to_model()
     unet.eval()
     text_encoder.eval()
     return curve
@@ -158,6 +190,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--per-split", type=int, default=48, help="images per category and split")
+    ap.add_argument("--test-per-category", type=int, default=0,
+                    help="test images (good and every defect type in turn) per category; 0 = --per-split")
+    ap.add_argument("--vae-from", default="", help="reuse the VAE of this model directory instead of training one")
     ap.add_argument("--vae-steps", type=int, default=2000)
     ap.add_argument("--vae-crop", type=int, default=32, help="train the VAE on random crops of this size (0 = full)")
     ap.add_argument("--vae-batch", type=int, default=8)
@@ -165,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--unet-steps", type=int, default=1400)
     ap.add_argument("--unet-batch", type=int, default=16)
     ap.add_argument("--unet-channels", default="32,64,64")
+    ap.add_argument("--unet-lr", type=float, default=5e-4)
+    ap.add_argument("--ema", type=float, default=0.0, help="EMA decay of UNet + text-encoder weights (0 = off)")
     ap.add_argument("--first-attn-level", type=int, default=1, help="UNet levels above this have no attention")
     ap.add_argument("--text-hidden", type=int, default=64)
     ap.add_argument("--max-tokens", type=int, default=32, help="text context length")
@@ -191,14 +228,22 @@ def main(argv: list[str] | None = None) -> int:
         print(line, flush=True)
 
     g = torch.Generator().manual_seed(args.seed)
-    images, captions = load_data(args.size, args.per_split, args.seed)
+    images, captions = load_data(args.size, args.per_split, args.seed, args.test_per_category)
     words = sorted({w for c in captions for w in re.findall(r"[a-z]+", c.lower())} | set(tiny.WORDS))
     log(f"data: {len(images)} images, {len(set(captions))} distinct captions, {len(words)} vocabulary words")
 
-    vae = tiny.tiny_vae(block_out_channels=tuple(int(c) for c in args.vae_channels.split(",")), norm_num_groups=8,
-                        seed=args.seed)
     t0 = time.time()
-    vae_curve = train_vae(vae, images, args.vae_steps, args.vae_batch, 2e-3, 1e-6, g, log, crop=args.vae_crop)
+    if args.vae_from:
+        from diffusers import AutoencoderKL
+
+        vae = AutoencoderKL.from_pretrained(args.vae_from, subfolder="vae", local_files_only=True).eval()
+        vae_curve = json.loads((Path(args.vae_from) / "train_log.json").read_text())["vae_rec_loss_per_50"]
+        vae_curve = [v for v in vae_curve for _ in range(50)]  # back to per-step for the log format
+        log(f"vae reused from {args.vae_from}")
+    else:
+        vae = tiny.tiny_vae(block_out_channels=tuple(int(c) for c in args.vae_channels.split(",")), norm_num_groups=8,
+                            seed=args.seed)
+        vae_curve = train_vae(vae, images, args.vae_steps, args.vae_batch, 2e-3, 1e-6, g, log, crop=args.vae_crop)
     vae_time = time.time() - t0
     with torch.no_grad():
         mean = torch.cat([vae.encode(images[i:i + 64] * 2 - 1).latent_dist.mean for i in range(0, len(images), 64)])
@@ -219,8 +264,16 @@ def main(argv: list[str] | None = None) -> int:
     unet = tiny.tiny_unet(sample_size=args.size // 4, block_out_channels=ch, cross_attention_dim=args.text_hidden,
                           attention_head_dim=8, first_attn_level=args.first_attn_level, seed=args.seed)
     t0 = time.time()
-    unet_curve = train_unet(unet, text_encoder, tokenizer, latents, captions, args.unet_steps, args.unet_batch, 5e-4,
-                            0.1, g, log)
+    ckpt_dir = out.parent / (out.name + "_partial")
+
+    def checkpoint(step: int, curve: list[float]) -> None:
+        """Raw (non-EMA) weights every 1000 steps, so an interrupted run still leaves a usable model."""
+        unet.save_pretrained(str(ckpt_dir / "unet"), safe_serialization=True)
+        text_encoder.save_pretrained(str(ckpt_dir / "text_encoder"), safe_serialization=True)
+        log(f"checkpoint at step {step + 1} in {ckpt_dir}")
+
+    unet_curve = train_unet(unet, text_encoder, tokenizer, latents, captions, args.unet_steps, args.unet_batch,
+                            args.unet_lr, 0.1, g, log, ema_decay=args.ema, checkpoint=checkpoint)
     unet_time = time.time() - t0
     log(f"unet done in {unet_time:.0f}s")
 
