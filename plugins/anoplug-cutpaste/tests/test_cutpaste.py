@@ -169,6 +169,28 @@ def test_jitter_matches_torchvision(op: str) -> None:
     assert (ours - ref).abs().max() < 2e-5
 
 
+def test_jitter_of_many_patches_in_their_own_orders_matches_torchvision() -> None:
+    """Patches of different sizes and operation orders in one buffer = each jittered alone, in its order."""
+    from torchvision.transforms.v2 import functional as F
+
+    g = torch.Generator().manual_seed(3)
+    sides = [5, 9, 3, 12, 7, 8, 6, 10]
+    patches = [torch.rand(3, s, s, generator=g) for s in sides]
+    factors = torch.stack([torch.rand(4, generator=g) * 0.2 + torch.tensor([0.9, 0.9, 0.9, -0.1]) for _ in sides])
+    factors[2, 3] = 0.0  # a zero hue shift next to non-zero ones
+    order = torch.stack([torch.randperm(4, generator=g) for _ in sides])
+    flat = torch.cat([p.reshape(3, -1) for p in patches], 1)
+    ours = color_jitter(flat.clone(), torch.tensor([s * s for s in sides]), factors, order)
+    fns = (F.adjust_brightness, F.adjust_contrast, F.adjust_saturation, F.adjust_hue)
+    a = 0
+    for i, (p, s) in enumerate(zip(patches, sides)):
+        ref = p
+        for k in order[i].tolist():
+            ref = fns[k](ref, float(factors[i, k]))
+        assert (ours[:, a:a + s * s].reshape(3, s, s) - ref).abs().max() < 2e-5, i
+        a += s * s
+
+
 def test_object_aware_keeps_centres_on_the_object() -> None:
     b = make_toy_batch(16, 64)
     out = CutPaste(object_aware=True).generate(b, seed=2)

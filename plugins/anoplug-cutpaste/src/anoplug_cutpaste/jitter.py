@@ -2,10 +2,10 @@
 
 CutPaste jitters the *patch* (brightness, contrast, saturation and hue, each 0.1, applied
 in a random order per call, as torchvision's ``ColorJitter`` does). The pixels of all
-patches are held in one buffer ``[3, N]``, sample after sample; samples that share the same
-operation order form runs, and each run gets its four operations on a slice (a view), so
-the cost is proportional to the pasted area and every pixel goes through each operation
-once. The formulas are torchvision's tensor ones (grey = ITU-R 601 luma, clamped blends,
+patches are held in one buffer ``[3, N]``, sample after sample; at each of the four steps the
+samples applying the same operation are made contiguous, so each operation runs on a slice
+(a view), the cost is proportional to the pasted area and every pixel goes through each
+operation once. The formulas are torchvision's tensor ones (grey = ITU-R 601 luma, clamped blends,
 hue rotated in HSV).
 """
 
@@ -66,41 +66,62 @@ def _apply_op(op: int, x: torch.Tensor, f: torch.Tensor, counts: torch.Tensor) -
     return rotate_hue(x, f)
 
 
+def _segments(buf: torch.Tensor, arrangement: list[int], cnt: list[int]) -> dict[int, torch.Tensor]:
+    """Each sample's slice (a view) of ``buf``, whose samples lie one after another in ``arrangement`` order."""
+    out, a = {}, 0
+    for s in arrangement:
+        out[s] = buf[:, a:a + cnt[s]]
+        a += cnt[s]
+    return out
+
+
 def color_jitter(pixels: torch.Tensor, counts: torch.Tensor, factors: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
     """Jitter, in place, the pixels ``[3,N]`` of several patches stored one after another.
 
     ``counts`` ``[S]``: pixels of each sample, in buffer order; ``factors`` ``[S,4]``:
     brightness, contrast, saturation multipliers and hue shift; ``order`` ``[S,4]``: the
-    permutation of the four operations each sample applies. Sorting samples by ``order``
-    beforehand makes the runs long (fewer, larger kernels); any order is correct. A factor
-    equal to the identity leaves its samples bit-identical (the HSV round trip is skipped).
+    permutation of the four operations each sample applies. Step by step, the samples are
+    re-arranged (one concatenation) so that those applying the same operation at this step
+    are contiguous: at most 4 kernels' worth of launches per operation and step, whatever the
+    batch size, instead of one set per distinct permutation (up to 24). A factor equal to the
+    identity leaves its samples bit-identical (the HSV round trip is skipped or undone).
     """
-    out = pixels
     S = counts.shape[0]
     if S == 0:
-        return out
-    starts = (torch.cumsum(counts, 0) - counts).tolist()
+        return pixels
     cnt = counts.tolist()
-    perms = [tuple(p) for p in order.tolist()]
+    perms = order.tolist()
     factors = factors.to(pixels.dtype)
     table = factors.tolist()
-    per_pixel = torch.repeat_interleave(factors.t().contiguous(), counts, dim=1)  # [4, N]: every factor, once
-    s = 0
-    while s < S:
-        e = s
-        while e < S and perms[e] == perms[s]:
-            e += 1
-        a, b = starts[s], starts[e - 1] + cnt[e - 1]
-        if b > a:
-            c = counts[s:e]
-            x = out[:, a:b]
-            for op in perms[s]:
-                is_id = [table[k][op] == IDENTITY[op] for k in range(s, e)]
-                if all(is_id):
-                    continue
+    arrangement = list(range(S))
+    buf = pixels
+    for step in range(4):
+        wanted = sorted(arrangement, key=lambda s: perms[s][step])  # stable
+        if wanted != arrangement:
+            seg = _segments(buf, arrangement, cnt)
+            buf = torch.cat([seg[s] for s in wanted], dim=1)
+            arrangement = wanted
+        a = 0
+        k = 0
+        while k < S:
+            op = perms[arrangement[k]][step]
+            e = k
+            while e < S and perms[arrangement[e]][step] == op:
+                e += 1
+            group = arrangement[k:e]
+            b = a + sum(cnt[s] for s in group)
+            is_id = [table[s][op] == IDENTITY[op] for s in group]
+            if b > a and not all(is_id):
+                sel = torch.tensor(group, device=pixels.device)
+                c = counts[sel]
+                f = torch.repeat_interleave(factors[sel, op], c)
+                x = buf[:, a:b]
                 keep = x.clone() if op == 3 and any(is_id) else None  # a zero hue shift stays exact
-                _apply_op(op, x, per_pixel[op, a:b], c)
+                _apply_op(op, x, f, c)
                 if keep is not None:
-                    x.copy_(torch.where(per_pixel[op, a:b] == 0, keep, x))
-        s = e
-    return out
+                    x.copy_(torch.where(f == 0, keep, x))
+            a, k = b, e
+    if buf is not pixels:  # back to the caller's layout
+        seg = _segments(buf, arrangement, cnt)
+        pixels.copy_(torch.cat([seg[s] for s in range(S)], dim=1))
+    return pixels
