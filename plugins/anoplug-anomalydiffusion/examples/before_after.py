@@ -32,6 +32,9 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="before_after.png")
     ap.add_argument("--base-model", default="tiny-base")
+    ap.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance (original: 1 = none)")
+    ap.add_argument("--latent-mask-threshold", type=float, default=0.5,
+                    help="binarise the latent-size mask at (0 = every latent pixel the defect touches)")
     args = ap.parse_args()
     torch.set_num_threads(1)
 
@@ -49,7 +52,8 @@ def main() -> int:
     held_out = test.batch(defect_idx[args.n_defects: args.n_defects + args.n])
     normals = ToyDataset(args.category, "train", size=64, length=args.n).batch(range(args.n))
 
-    gen = AnomalyDiffusion(base_model=args.base_model, steps=args.steps, adaptive_reweighting=args.arr, batch_size=4)
+    gen = AnomalyDiffusion(base_model=args.base_model, steps=args.steps, adaptive_reweighting=args.arr, batch_size=4,
+                           latent_mask_threshold=args.latent_mask_threshold, guidance=args.guidance)
     t0 = time.time()
     gen.fit(None, train_defects, steps=args.fit_steps, mask_steps=args.mask_fit_steps, seed=args.seed)
     fit_s = time.time() - t0

@@ -94,6 +94,36 @@ def test_arr_reweights_every_cross_attention_layer(monkeypatch):
     assert (with_arr.image - without.image).abs().max() > 1e-4, "ARR had no effect"
 
 
+def test_guidance_adds_one_unconditional_pass_without_reweighting(monkeypatch):
+    """guidance > 1: a second UNet pass on the empty prompt per step, never re-weighted; the default makes none."""
+    from anoplug.diffusion import attention as A
+
+    seen: list[tuple[int, bool]] = []  # (key length of the cross-attention, re-weighting active)
+    orig = A.AnoplugAttnProcessor.__call__
+
+    def spy(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
+            anoplug_weight=None, anoplug_tokens=None):
+        if encoder_hidden_states is not None:
+            seen.append((id(encoder_hidden_states), self.reweight and self.state.weight is not None))
+        return orig(self, attn, hidden_states, encoder_hidden_states, attention_mask, temb, anoplug_weight, anoplug_tokens)
+
+    monkeypatch.setattr(A.AnoplugAttnProcessor, "__call__", spy)
+    gen = fitted(adaptive_reweighting=True, mask_fit_steps=0)
+    b = make_toy_batch(2, 64)
+    plain = gen.generate(b, seed=0, mask=centre_mask())
+    contexts_plain = {c for c, _ in seen}
+    seen.clear()
+    gen.params.guidance = 4.0
+    guided = gen.generate(b, seed=0, mask=centre_mask())
+    contexts = {c for c, _ in seen}
+    assert len(contexts) == len(contexts_plain) + 1  # the unconditional context joins
+    by_context = {c: {active for cc, active in seen if cc == c} for c in contexts}
+    assert sorted(tuple(v) for v in by_context.values()) == [(False,), (True,)]  # one re-weighted, one never
+    m = guided.mask.bool().expand_as(b.image)
+    assert torch.equal(guided.image[~m], b.image[~m])
+    assert (guided.image - plain.image).abs()[m].max() > 1e-4
+
+
 def test_spatial_tokens_follow_the_mask_and_training_subset():
     gen = fitted()
     a, b = torch.zeros(1, 1, 64, 64), torch.zeros(1, 1, 64, 64)

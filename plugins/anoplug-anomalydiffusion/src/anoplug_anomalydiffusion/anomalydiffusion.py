@@ -66,6 +66,8 @@ class AnomalyDiffusionParams(Params):
     use_all_anomalies: bool = Field(False, description="train on all given anomalies (original: first N//3+1 per type)")
     steps: int = Field(200, ge=1, le=1000, description="DDIM steps for image synthesis")
     eta: float = Field(1.0, ge=0.0, le=1.0, description="DDIM eta for image synthesis")
+    guidance: float = Field(1.0, ge=1.0, le=30.0,
+                            description="classifier-free guidance against '' for image synthesis (original: 1 = none)")
     blend: Literal["before", "after", "pixel_x0", "composite", "none"] = Field(
         "before", description="when the normal background is blended back (original: before every step)")
     latent_mask_threshold: float = Field(0.5, gt=0.0, lt=1.0, description="binarise the mask resized to latent size at")
@@ -452,10 +454,18 @@ class AnomalyDiffusion(Generator):
             current["m"] = dilate(lat_mask, arr_radius(t, n_train, p.arr_radius, int(z0.shape[-1])))
             return current["m"]
 
+        unc = parts.encode_text([""] * n) if p.guidance > 1 else None
+
         def denoise(x: torch.Tensor, t: torch.Tensor, i: int) -> torch.Tensor:
             if p.adaptive_reweighting:
                 state.weight = arr_weights(x, z0, current["m"], p.arr_max_weight)
-            return parts.unet(x, t, encoder_hidden_states=cond).sample
+            eps = parts.unet(x, t, encoder_hidden_states=cond).sample
+            if unc is None:
+                return eps
+            weight, state.weight = state.weight, None  # the unconditional pass has no anomaly tokens to re-weight
+            eps_unc = parts.unet(x, t, encoder_hidden_states=unc).sample
+            state.weight = weight
+            return eps_unc + p.guidance * (eps - eps_unc)
 
         with attention_processors(parts.unet, state, reweight=(lambda name: p.adaptive_reweighting)):
             state.capture = False
