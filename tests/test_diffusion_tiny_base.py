@@ -62,39 +62,21 @@ def test_captions_steer_the_samples(pipe):
     assert orange(wood) > orange(fabric) + 0.1
 
 
-def test_defect_captions_draw_the_defect_inside_a_mask(pipe):
-    """The model learnt defects from their captions: a hole prompt, blended inside real hole masks, gives dark holes.
+def test_defect_captions_draw_the_defect(pipe):
+    """The model learnt a defect from its caption: "a ragged hole in brushed metal" gives near-black holes.
 
-    Normal brushed-metal images, the masks of real toy holes, blended sampling ("before"), CFG 7:
-    the pixels inside the masks get clearly darker than the normal metal there (real holes are
-    near black). The same run with the normal caption stays as bright as the metal.
+    Same 8 noise seeds, DDIM 25, CFG 5: most hole-prompt samples have near-black pixels (real toy
+    holes are black on grey metal), the normal-metal prompt gives (almost) none. Measured when
+    the model was trained: 5 of 8 against 0 of 8.
     """
-    from anoplug.data.toy import ToyDataset
-    from anoplug.diffusion.blend import blended_sample, finish
+    kw = dict(num_inference_steps=25, height=64, width=64, guidance_scale=5.0, output_type="pt")
 
-    parts = Parts.from_pipeline(pipe)
-    test = ToyDataset("metal", "test", size=64, length=40, defects=["hole"])
-    holes = test.batch([i for i in range(len(test)) if test.label(i) == "hole"][:6])
-    normals = ToyDataset("metal", "train", size=64, length=6).batch(range(6))
-    with torch.no_grad():
-        z0 = parts.encode_image(normals.image)
-        m = (torch.nn.functional.interpolate(holes.mask, size=z0.shape[-2:], mode="area") > 0).float()
-        unc = parts.encode_text([""] * 6)
+    def with_black_pixels(prompt: str) -> int:
+        gens = [torch.Generator().manual_seed(i) for i in range(8)]
+        with torch.no_grad():
+            x = pipe([prompt] * 8, generator=gens, **kw).images
+        lum = 0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]
+        return int(((lum < 0.12).float().mean((1, 2)) > 0.002).sum())
 
-        def inside_mean(prompts: list[str]) -> float:
-            cond = parts.encode_text(prompts)
-
-            def denoise(x, t, i):
-                eu, ec = pipe.unet(torch.cat([x, x]), t, encoder_hidden_states=torch.cat([unc, cond])).sample.chunk(2)
-                return eu + 7.0 * (ec - eu)
-
-            rngs = [torch.Generator().manual_seed(k) for k in range(6)]
-            z = blended_sample(denoise, pipe.scheduler, z0, m, rngs=rngs, num_steps=25, eta=1.0, mode="before")
-            img = finish(parts.decode(z), normals.image, holes.mask, paste=True)
-            return float(img[holes.mask.bool().expand_as(img)].mean())
-
-        normal_metal = float(normals.image[holes.mask.bool().expand_as(normals.image)].mean())
-        with_hole = inside_mean(list(holes.text))
-        without = inside_mean(["a normal brushed metal without defects"] * 6)
-    assert with_hole < normal_metal - 0.08, (with_hole, normal_metal)
-    assert abs(without - normal_metal) < 0.05, (without, normal_metal)
+    assert with_black_pixels("a ragged hole in brushed metal") >= 4
+    assert with_black_pixels("a normal brushed metal without defects") <= 1

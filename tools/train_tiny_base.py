@@ -184,6 +184,27 @@ def sample_grid(model_dir: str, path: str, seed: int = 0, steps: int = 50, guida
     fig.savefig(path, dpi=110)
 
 
+def loss_plot(model_dir: str, path: str) -> None:
+    """The VAE and UNet loss curves stored in ``train_log.json``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rec = json.loads((Path(model_dir) / "train_log.json").read_text())
+    fig, axes = plt.subplots(1, 2, figsize=(8, 2.8))
+    for ax, key, every, title in ((axes[0], "vae_rec_loss_per_50", 50, "VAE reconstruction (L1 + MSE)"),
+                                  (axes[1], "unet_loss_per_100", 100, "UNet ε-MSE")):
+        ys = rec[key]
+        ax.plot([every * (i + 1) for i in range(len(ys))], ys)
+        ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_title(title, fontsize=9)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="anoplug/assets/tiny_base")
@@ -207,10 +228,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-tokens", type=int, default=32, help="text context length")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--grid", default="", help="only write a sample grid (PNG) of the model in --out to this path")
+    ap.add_argument("--loss-plot", default="", help="only plot the loss curves of the model in --out to this path")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    if args.grid:
-        sample_grid(args.out, args.grid, seed=args.seed)
+    if args.grid or args.loss_plot:
+        if args.grid:
+            sample_grid(args.out, args.grid, seed=args.seed)
+        if args.loss_plot:
+            loss_plot(args.out, args.loss_plot)
         return 0
 
     from diffusers import StableDiffusionPipeline
