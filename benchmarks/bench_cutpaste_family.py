@@ -16,7 +16,7 @@ plain ``clone()`` of the same batch (image + mask: the memory-bandwidth floor of
 NSA is also timed through the OpenCV path (``anoplug_nsa.reference``: cv2.resize,
 cv2.seamlessClone, cv2.medianBlur and scikit-image's disk median, one image at a time, the
 official implementation's operations) on the same sampled geometry, as the baseline.
-``--profile`` adds the top functions (cProfile, by own time) of nsa and draem at 256², 1 thread.
+``--profile`` adds the top functions (cProfile, by own time) of every method at 256², 1 thread.
 """
 
 from __future__ import annotations
@@ -123,10 +123,12 @@ def _opencv_nsa(batch: Batch, gen, seed: int, threads: int) -> tuple[float, floa
     return _median_time(run, 3)
 
 
-def _profile(gen, batch: Batch, top: int = 12) -> list[str]:
+def _profile(gen, batch: Batch, top: int = 12, calls: int = 5) -> list[str]:
+    """cProfile of ``calls`` generate calls (different seeds), top functions by own time."""
     prof = cProfile.Profile()
     prof.enable()
-    gen.generate(batch, seed=11)
+    for k in range(calls):
+        gen.generate(batch, seed=11 + k)
     prof.disable()
     buf = io.StringIO()
     pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(top)
@@ -184,7 +186,7 @@ def main() -> None:
                 row["load_average_1min"] = round(os.getloadavg()[0], 2)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-                if args.profile and size == 256 and threads == 1 and name in ("nsa", "draem") and label not in profiles:
+                if args.profile and size == 256 and threads == 1 and label not in profiles:
                     profiles[label] = _profile(gen, batch)
 
     def find(prefix: str, size: int, threads: int) -> list[dict]:

@@ -64,6 +64,8 @@ def main() -> int:
         ad = AnomalyDiffusion(steps=s, adaptive_reweighting=arr).fit(None, anomalies, steps=2, mask_steps=0)
         res["pipelines"][f"anomalydiffusion_blend{'_arr' if arr else ''}"] = timed(
             lambda ad=ad: ad.generate(normals, seed=0, mask=mask), s)
+    ad = AnomalyDiffusion(steps=s, adaptive_reweighting=True, guidance=5.0).fit(None, anomalies, steps=2, mask_steps=0)
+    res["pipelines"]["anomalydiffusion_blend_arr_guided"] = timed(lambda: ad.generate(normals, seed=0, mask=mask), s)
     ad = AnomalyDiffusion(steps=s, mask_steps=s).fit(None, anomalies, steps=2, mask_steps=2)
     rngs = lambda: [torch.Generator().manual_seed(i) for i in range(n)]
     res["pipelines"]["anomalydiffusion_mask_model_cfg"] = timed(lambda: ad.generate_masks(["crack"] * n, rngs(), 64), s)
@@ -76,6 +78,7 @@ def main() -> int:
         rec = json.loads(log.read_text())
         res["tiny_base_training"] = {k: rec[k] for k in ("command", "seed", "vae_seconds", "unet_seconds", "total_seconds",
                                                          "final_vae_rec_loss", "final_unet_loss", "params")}
+        res["tiny_base_training"]["vae_trained_by"] = rec.get("vae_trained_by")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(res, indent=1))
     print(json.dumps(res, indent=1))

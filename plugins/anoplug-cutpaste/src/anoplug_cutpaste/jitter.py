@@ -93,8 +93,9 @@ def color_jitter(pixels: torch.Tensor, counts: torch.Tensor, factors: torch.Tens
     perms = order.tolist()
     factors = factors.to(pixels.dtype)
     table = factors.tolist()
+    # Rows 0-2: the pixels; rows 3-6: each pixel's own four factors, so both move in one concatenation.
+    buf = torch.cat([pixels, torch.repeat_interleave(factors.t(), counts, dim=1)], 0)
     arrangement = list(range(S))
-    buf = pixels
     for step in range(4):
         wanted = sorted(arrangement, key=lambda s: perms[s][step])  # stable
         if wanted != arrangement:
@@ -112,16 +113,13 @@ def color_jitter(pixels: torch.Tensor, counts: torch.Tensor, factors: torch.Tens
             b = a + sum(cnt[s] for s in group)
             is_id = [table[s][op] == IDENTITY[op] for s in group]
             if b > a and not all(is_id):
-                sel = torch.tensor(group, device=pixels.device)
-                c = counts[sel]
-                f = torch.repeat_interleave(factors[sel, op], c)
-                x = buf[:, a:b]
+                f = buf[3 + op, a:b]
+                x = buf[:3, a:b]
                 keep = x.clone() if op == 3 and any(is_id) else None  # a zero hue shift stays exact
-                _apply_op(op, x, f, c)
+                _apply_op(op, x, f, counts[torch.tensor(group, device=pixels.device)])
                 if keep is not None:
                     x.copy_(torch.where(f == 0, keep, x))
             a, k = b, e
-    if buf is not pixels:  # back to the caller's layout
-        seg = _segments(buf, arrangement, cnt)
-        pixels.copy_(torch.cat([seg[s] for s in range(S)], dim=1))
+    seg = _segments(buf, arrangement, cnt)  # back to the caller's layout
+    pixels.copy_(torch.cat([seg[s][:3] for s in range(S)], dim=1) if arrangement != list(range(S)) else buf[:3])
     return pixels
