@@ -1,7 +1,8 @@
 """Before/after grid for the README: AnomalyDiffusion on the tiny base model, fitted on a few toy defects.
 
-    OMP_NUM_THREADS=1 python plugins/anoplug-anomalydiffusion/examples/before_after.py \\
-        --category wood --defect crack --out plugins/anoplug-anomalydiffusion/docs/before_after_wood_crack.png
+    OMP_NUM_THREADS=1 python plugins/anoplug-anomalydiffusion/examples/before_after.py --category wood \\
+        --defect stain --fit-steps 1000 --mask-fit-steps 300 --steps 200 --latent-mask-threshold 0.05 \\
+        --guidance 5 --arr --out plugins/anoplug-anomalydiffusion/docs/before_after_wood_stain.png
 
 Fits e_a + the spatial encoder on the first ⌊N/3⌋+1 of N real toy defects (the original's
 split), the mask model on their masks, then generates on held-out normal images (a) inside
