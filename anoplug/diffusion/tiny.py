@@ -225,8 +225,8 @@ def load_tiny_base(directory: str | Path | None = None, device: str | torch.devi
 
     d = Path(directory) if directory is not None else TINY_BASE_DIR
     if not (d / "model_index.json").is_file():
-        raise WeightsNotFoundError(f"the tiny base model is missing from {d}; rebuild it with "
-                                   "`python tools/train_tiny_base.py --out anoplug/assets/tiny_base`")
+        raise WeightsNotFoundError(f"the tiny base model is missing from {d}; restore it from git, or rebuild it "
+                                   "with the two tools/train_tiny_base.py commands in docs/tiny_base_model.md")
     pipe = StableDiffusionPipeline.from_pretrained(str(d), local_files_only=True, safety_checker=None,
                                                    feature_extractor=None, requires_safety_checker=False)
     check_tokenizer(pipe.tokenizer, f"tokenizer in {d}")
