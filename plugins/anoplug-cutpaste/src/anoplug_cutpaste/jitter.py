@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import torch
 
+from anoplug.ops import hsv_adjust
+
 OPS = ("brightness", "contrast", "saturation", "hue")
 IDENTITY = (1.0, 1.0, 1.0, 0.0)
 _LUMA = (0.299, 0.587, 0.114)
@@ -20,32 +22,6 @@ _LUMA = (0.299, 0.587, 0.114)
 
 def _gray(x: torch.Tensor) -> torch.Tensor:
     return torch.tensor(_LUMA, dtype=x.dtype, device=x.device) @ x  # [3] @ [3,N]: one pass, one buffer
-
-
-_SECTOR_OFFSET = (5.0, 3.0, 1.0)  # hsv→rgb: channel c is V − C·clamp(min(k, 4 − k), 0, 1), k = (n_c + 6h) mod 6
-
-
-def rotate_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """Rotate, in place, the HSV hue of ``x`` ``[3,N]`` by ``shift`` ``[N]`` (fractions of a turn).
-
-    The same round trip as torchvision's ``adjust_hue`` (hue from the max channel, ties
-    resolved r, g, b), written with element-wise arithmetic only: V = max and chroma
-    C = max − min do not change under a hue rotation, and the closed-form sector formula
-    gives RGB back.
-    """
-    r, g, b = x.unbind(0)
-    maxc = torch.maximum(torch.maximum(r, g), b)
-    chroma = maxc - torch.minimum(torch.minimum(r, g), b)
-    safe = chroma + (chroma == 0).to(x.dtype)
-    is_r = (maxc == r).to(x.dtype)
-    is_g = (maxc == g).to(x.dtype).mul_(1 - is_r)
-    is_b = 1 - is_r - is_g
-    h = is_r.mul_(g - b) + is_g.mul_((b - r).add_(safe, alpha=2.0)) + is_b.mul_((r - g).add_(safe, alpha=4.0))
-    h = h.div_(safe).div_(6.0).add_(1.0).remainder_(1.0).add_(shift).remainder_(1.0).mul_(6.0)
-    k = h + torch.tensor(_SECTOR_OFFSET, dtype=x.dtype, device=x.device)[:, None]  # [3,N]
-    k.sub_((k >= 6.0).to(x.dtype), alpha=6.0)
-    k = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
-    return torch.sub(maxc, k.mul_(chroma), out=x)
 
 
 def _apply_op(op: int, x: torch.Tensor, f: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
@@ -63,7 +39,7 @@ def _apply_op(op: int, x: torch.Tensor, f: torch.Tensor, counts: torch.Tensor) -
     if op == 2:  # saturation: blend with the pixel's grey level
         gray = _gray(x).mul_(1 - f)  # before x changes
         return x.mul_(f).add_(gray).clamp_(0, 1)
-    return rotate_hue(x, f)
+    return hsv_adjust(x, f, dim=0, out=x)  # hue rotated in place; V and chroma unchanged
 
 
 def _segments(buf: torch.Tensor, arrangement: list[int], cnt: list[int]) -> dict[int, torch.Tensor]:

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from anoplug.noise import rotate
+from anoplug.ops import hsv_adjust
 
 NAMES = ("gamma", "brightness", "sharpness", "hue_saturation", "solarize", "posterize", "invert",
          "autocontrast", "equalize", "rotate")
@@ -190,40 +191,10 @@ def sharpness(x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     return _to_u8(torch.lerp(degenerate, f, p[:, 0, None, None, None]))
 
 
-def _wrap6(h: torch.Tensor) -> torch.Tensor:
-    """``h mod 6`` in place (``torch.remainder`` measured 5x slower here)."""
-    return h.sub_(torch.floor(h / 6).mul_(6))
-
-
 def hue_saturation(x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-    """Add to hue (imgaug's ±255 spans the full hue circle) and saturation (0–255 scale) in HSV.
-
-    Written for few passes over the pixels, all in float32 (``argmax`` over channels and mixed
-    bool/int arithmetic are many times slower on CPU): hue in [0, 6) from the largest channel
-    (red, then green, then blue on ties, as the usual where-chain), and the new chroma
-    ``v·s' = clamp(max − min + Δs·max, 0, max)`` without dividing by v.
-    """
+    """Add to hue (imgaug's ±255 spans the full hue circle) and saturation (0–255 scale) in HSV."""
     f = x.float()
-    r, g, b = f[:, 0:1], f[:, 1:2], f[:, 2:3]
-    # Few, reused buffers: on CPU every fresh full-size temporary costs page faults.
-    mx = torch.maximum(r, g)
-    torch.maximum(mx, b, out=mx)
-    d = torch.minimum(r, g)
-    torch.minimum(d, b, out=d)
-    torch.sub(mx, d, out=d)
-    r_max = torch.eq(mx, r)
-    g_max = torch.eq(mx, g).logical_and_(~r_max)
-    b_max = ~(r_max | g_max)
-    # grey pixels (d = 0) have all three differences 0, so their hue is 0 whatever the divisor
-    h = (g - b).mul_(r_max)
-    h.addcmul_(b - r, g_max).addcmul_(r - g, b_max).div_(d.clamp_min(1.0))  # in [-1, 1]
-    h.add_(g_max, alpha=2).add_(b_max, alpha=4).add_(p[:, 0, None, None, None] * (6.0 / 255.0))
-    _wrap6(h)
-    chroma = d.addcmul_(mx, p[:, 1, None, None, None] / 255.0).clamp_min_(0)
-    torch.minimum(chroma, mx, out=chroma)
-    k = _wrap6(torch.add(h, torch.tensor([5.0, 3.0, 1.0])[None, :, None, None], out=f))  # f is free now
-    ramp = torch.minimum(k, 4.0 - k).clamp_(0, 1)
-    return _to_u8(ramp.mul_(chroma).neg_().add_(mx))
+    return _to_u8(hsv_adjust(f, p[:, 0, None, None, None] / 255.0, p[:, 1, None, None, None] / 255.0, dim=1, out=f))
 
 
 def rotate_texture(x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
