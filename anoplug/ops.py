@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from anoplug.types import Batch
 
-__all__ = ["gaussian_blur", "as_batch", "hsv_adjust"]
+__all__ = ["gaussian_blur", "as_batch", "hsv_adjust", "predict_in_chunks"]
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float = 4.0) -> torch.Tensor:
@@ -41,6 +41,26 @@ def as_batch(data: Any, what: str) -> Batch:
     if hasattr(data, "all") and hasattr(data, "batch"):
         return data.all()
     raise TypeError(f"{what} must be an anoplug.Batch or Dataset, got {type(data).__name__}")
+
+
+@torch.no_grad()
+def predict_in_chunks(images: Any, patch_fn: Any, chunk: int = 16, sigma: float = 4.0
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run a detector over images in chunks: (anomaly maps ``[B,1,H,W]``, image scores ``[B]``), on CPU.
+
+    ``patch_fn(part)`` returns the patch-level map ``[b,1,h,w]`` and the image scores ``[b]``; the
+    map is upsampled to the input size and smoothed with a Gaussian (σ = 4, as SuperSimpleNet and
+    PBAS do).
+    """
+    x = images if isinstance(images, torch.Tensor) else as_batch(images, "images").image
+    maps, scores = [], []
+    for i in range(0, len(x), chunk):
+        part = x[i:i + chunk]
+        amap, score = patch_fn(part)
+        amap = F.interpolate(amap, size=part.shape[-2:], mode="bilinear", align_corners=False)
+        maps.append(gaussian_blur(amap, sigma).cpu())
+        scores.append(score.cpu())
+    return torch.cat(maps), torch.cat(scores)
 
 
 def _wrap6(h: torch.Tensor) -> torch.Tensor:

@@ -38,7 +38,7 @@ from torch import nn
 
 from anoplug.backbones import BackboneUser, backbone_info
 from anoplug.generator import FeatureGenerator, Paper, Requires
-from anoplug.ops import as_batch, gaussian_blur
+from anoplug.ops import as_batch, predict_in_chunks
 from anoplug.params import Params
 from anoplug.seeding import resolve_seeds
 
@@ -304,15 +304,11 @@ class PBAS(BackboneUser, FeatureGenerator):
     @torch.no_grad()
     def predict(self, images: Any, chunk: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
         """(anomaly maps ``[B,1,H,W]`` at the input size, image scores ``[B]`` = max patch score)."""
-        x = images if isinstance(images, torch.Tensor) else as_batch(images, "images").image
-        maps, scores = [], []
-        for i in range(0, len(x), chunk):
-            part = x[i:i + chunk]
+        def patches(part: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             s = self.patch_scores(part)
-            scores.append(s.flatten(1).amax(1).cpu())
-            up = F.interpolate(s, size=part.shape[-2:], mode="bilinear", align_corners=False)
-            maps.append(gaussian_blur(up).cpu())
-        return torch.cat(maps), torch.cat(scores)
+            return s, s.flatten(1).amax(1)
+
+        return predict_in_chunks(images, patches, chunk)
 
     def evaluate(self, test: Any) -> dict[str, float]:
         """Image AUROC/AP (max patch score, and max of the filtered map), pixel AUROC/AP, AU-PRO."""

@@ -37,7 +37,7 @@ from torch import nn
 from anoplug.backbones import Backbone, BackboneUser, backbone_info
 from anoplug.generator import FeatureGenerator, Paper, Requires
 from anoplug.noise import perlin_noise, sample_gradients, sample_scales
-from anoplug.ops import as_batch, gaussian_blur
+from anoplug.ops import as_batch, predict_in_chunks
 from anoplug.params import Params
 from anoplug.seeding import resolve_seeds, rngs_for
 
@@ -413,15 +413,11 @@ class SuperSimpleNet(BackboneUser, FeatureGenerator):
     @torch.no_grad()
     def predict(self, images: Any, chunk: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
         """(anomaly maps ``[B,1,H,W]`` at the input size, image scores ``[B]`` in (0,1))."""
-        x = as_batch(images, "images").image if not isinstance(images, torch.Tensor) else images
-        maps, scores = [], []
-        for i in range(0, len(x), chunk):
-            part = x[i:i + chunk]
+        def patches(part: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             amap, score = self.head(self.adapt(self.features(part)))
-            amap = F.interpolate(amap, size=part.shape[-2:], mode="bilinear", align_corners=False)
-            maps.append(gaussian_blur(amap, self.blur_sigma).cpu())
-            scores.append(torch.sigmoid(score).cpu())
-        return torch.cat(maps), torch.cat(scores)
+            return amap, torch.sigmoid(score)
+
+        return predict_in_chunks(images, patches, chunk, self.blur_sigma)
 
     def evaluate(self, test: Any) -> dict[str, float]:
         """Image AUROC/AP (classification head, and max of the map), pixel AUROC/AP, AU-PRO on a labelled test set."""
