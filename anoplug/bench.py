@@ -408,7 +408,14 @@ def plots(results: dict, out: Path) -> list[Path]:
     gens = list(dict.fromkeys(r["generator"] for r in rows))
     util = [m for m in dict.fromkeys(f"{r['evaluator']}/{r['metric']}" for r in rows if r["kind"] == "downstream")
             if m.split("/")[1] in PRIMARY_UTILITY]
-    written = []
+    written: list[Path] = []
+
+    def save(fig, name: str) -> None:
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=110)
+        plt.close(fig)
+        written.append(out / name)
+
     if util:
         fig, axes = plt.subplots(1, len(cats), figsize=(4 + 2.2 * len(gens) * len(cats) * 0.6, 3.6), squeeze=False)
         width = 0.8 / max(len(util), 1)
@@ -421,11 +428,7 @@ def plots(results: dict, out: Path) -> list[Path]:
             ax.set_title(f"{cat}: downstream utility")
             ax.set_ylim(0, 1.05)
         axes[0][0].legend(fontsize=7)
-        fig.tight_layout()
-        p = out / "utility.png"
-        fig.savefig(p, dpi=110)
-        plt.close(fig)
-        written.append(p)
+        save(fig, "utility.png")
     intrinsic = [m for m in dict.fromkeys(f"{r['evaluator']}/{r['metric']}" for r in rows if r["kind"] != "downstream")]
     target = next((m for m in util if m.endswith("/image_auroc")), util[0] if util else None)
     if intrinsic and target:
@@ -442,11 +445,7 @@ def plots(results: dict, out: Path) -> list[Path]:
         for ax in list(axes.flat)[len(intrinsic):]:
             ax.axis("off")
         axes[0][0].legend(fontsize=6)
-        fig.tight_layout()
-        p = out / "intrinsic_vs_utility.png"
-        fig.savefig(p, dpi=110)
-        plt.close(fig)
-        written.append(p)
+        save(fig, "intrinsic_vs_utility.png")
     return written
 
 
