@@ -57,9 +57,11 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     from anoplug.specs import CATEGORIES
 
-    if args.category and args.category not in CATEGORIES:
-        raise UserError(f"unknown category {args.category!r}; known: {', '.join(CATEGORIES)}")
     reg = _registry()
+    tags = sorted({t for spec in reg.specs("generators").values() for t in spec.tags})
+    if args.category and args.category not in CATEGORIES and args.category not in tags:
+        raise UserError(f"unknown category or tag {args.category!r}; categories: {', '.join(CATEGORIES)}; "
+                        f"tags: {', '.join(tags)}")
     rows = []
     for name, spec in reg.specs("generators").items():
         if args.category and spec.category != args.category and args.category not in spec.tags:

@@ -22,7 +22,7 @@ from anoplug.params import ParamError, Params
 from anoplug.seeding import resolve_seeds, rngs_for
 from anoplug.types import Batch, BatchError
 
-__all__ = ["Paper", "Requires", "Generator", "FeatureGenerator", "NotFittedError", "jsonable"]
+__all__ = ["Paper", "Requires", "Generator", "FeatureGenerator", "NotFittedError", "Samples"]
 
 
 @dataclass(frozen=True)
@@ -38,46 +38,87 @@ class Paper:
 
 @dataclass(frozen=True)
 class Requires:
-    """What a method needs before it can generate."""
+    """What a method needs before it can generate, and which per-sample conditions it reads.
+
+    ``conditions`` must be set on ``batch.conditions`` for every call; ``accepts`` may be
+    (both name fields of :class:`anoplug.conditions.Conditions`). A condition that is set
+    but in neither is an error, so nothing a user asked for is silently ignored.
+    """
 
     fit: bool = False  # must be trained (``fit``) or loaded first
     anomalies: bool = False  # needs reference (real) anomalies to fit
-    text: bool = False  # needs a text prompt per sample
-    depth: bool = False  # needs a depth map per sample
-    object_mask: bool = False  # needs a foreground mask
+    depth: bool = False  # needs a depth map per sample (``batch.depth``)
+    object_mask: bool = False  # needs a foreground mask (``batch.object_mask``)
     weights: str = ""  # pretrained weights it can use (name), "" if none
-    #: draws content from a second normal image (NSA's patch source): callers that need
-    #: per-sample reproducibility (the writer) pass it as ``extras["source_image"]``
-    #: (and ``extras["source_object_mask"]``), so a sample never depends on its batch-mates.
-    paired_source: bool = False
+    conditions: tuple[str, ...] = ()  # required per-sample conditions
+    accepts: tuple[str, ...] = ()  # optional per-sample conditions it honours
+
+    def __post_init__(self) -> None:
+        from anoplug.conditions import CONDITION_NAMES
+
+        for name in (*self.conditions, *self.accepts):
+            if name not in CONDITION_NAMES:
+                raise ValueError(f"Requires: unknown condition {name!r}; known: {', '.join(CONDITION_NAMES)}")
+
+    @property
+    def uses(self) -> tuple[str, ...]:
+        """Every condition the method reads (required first)."""
+        return tuple(dict.fromkeys((*self.conditions, *self.accepts)))
+
+    @property
+    def text(self) -> bool:
+        """Needs a text prompt per sample."""
+        return "prompt" in self.conditions
+
+    @property
+    def paired_source(self) -> bool:
+        """Borrows content from a second normal image: drivers attach ``conditions.source_image``."""
+        return "source_image" in self.uses
 
 
 class NotFittedError(RuntimeError):
     """A learned generator was asked to generate before ``fit`` or ``load``."""
 
 
-def jsonable(x: Any, max_elems: int = 64) -> Any:
-    """Make sampled parameters JSON-friendly; big tensors become a shape note."""
-    if isinstance(x, torch.Tensor):
-        if x.numel() <= max_elems:
-            return x.detach().cpu().tolist()
-        return f"<tensor {list(x.shape)}>"
-    if isinstance(x, dict):
-        return {str(k): jsonable(v, max_elems) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [jsonable(v, max_elems) for v in x]
-    if isinstance(x, float):
-        return round(x, 6)
-    if isinstance(x, (int, str, bool)) or x is None:
-        return x
-    return str(x)
+class Samples(list):
+    """Every random draw of one ``generate`` call: one record (a dict) per sample, in batch order.
+
+    A record holds plain values and tensors; :func:`anoplug.serial.pack` writes it
+    losslessly, and ``generate(batch, samples=...)`` replays it to the same bytes.
+    Records are per sample, not stacked, because draws are ragged (NSA draws 1–4 patches).
+    """
+
+    def __getitem__(self, idx: Any) -> Any:
+        if isinstance(idx, slice):
+            return Samples(super().__getitem__(idx))
+        return super().__getitem__(idx)
+
+    def select(self, ids: Sequence[int]) -> Samples:
+        return Samples(self[i] for i in ids)
+
+    def stack(self, key: str) -> torch.Tensor:
+        """One field of every record as a tensor with a leading sample dimension."""
+        vals = [r[key] for r in self]
+        return torch.stack(vals) if isinstance(vals[0], torch.Tensor) else torch.tensor(vals)
+
+    def pack(self, store: dict[str, torch.Tensor] | None = None, *, inline_max: int = 64) -> list:
+        from anoplug.serial import pack
+
+        return [pack(r, store, prefix=str(i), inline_max=inline_max) for i, r in enumerate(self)]
+
+    @classmethod
+    def unpack(cls, packed: Sequence[Any], store: dict[str, torch.Tensor] | None = None) -> Samples:
+        from anoplug.serial import unpack
+
+        return cls(unpack(r, store) for r in packed)
 
 
 class Generator:
     """Base class of image-level anomaly generators.
 
-    Subclasses set the class attributes and implement :meth:`sample` and :meth:`apply`
-    (or override :meth:`_generate` for learned methods with their own sampling loop).
+    Subclasses set the class attributes and implement :meth:`sample` and :meth:`apply`.
+    Methods with their own sampling loop (diffusion, GANs) override :meth:`generate_batch`
+    instead; learned methods subclass :class:`anoplug.learned.LearnedGenerator`.
     """
 
     name: ClassVar[str] = ""
@@ -106,31 +147,63 @@ class Generator:
         self._fitted = not self.requires.fit
 
     # -- to implement -------------------------------------------------------------------
-    def sample(self, batch: Batch, rngs: Sequence[torch.Generator]) -> list[dict]:
-        """Draw every random choice for each sample (one dict per sample, from its own rng)."""
+    def sample(self, batch: Batch, rngs: Sequence[torch.Generator]) -> Samples | list[dict]:
+        """Draw every random choice for each sample (one record per sample, from its own rng)."""
         raise NotImplementedError
 
-    def apply(self, batch: Batch, samples: list[dict], **conditions: Any) -> Batch:
-        """Apply the drawn choices to the whole batch, deterministically and batched."""
+    def apply(self, batch: Batch, samples: Samples) -> Batch:
+        """Apply the drawn choices to the whole batch, deterministically and batched.
+
+        Per-sample conditions are read from ``batch.conditions``.
+        """
         raise NotImplementedError
 
-    def _generate(self, batch: Batch, rngs: Sequence[torch.Generator], **conditions: Any) -> tuple[Batch, list[dict]]:
-        samples = self.sample(batch, rngs)
-        return self.apply(batch, samples, **conditions), samples
+    def generate_batch(self, batch: Batch, rngs: Sequence[torch.Generator],
+                       samples: Samples | None = None) -> tuple[Batch, Samples]:
+        """One batch: draw (unless ``samples`` replays earlier draws), then apply.
+
+        The one method a method with its own sampling loop overrides: it draws its
+        choices with :meth:`sample` unless ``samples`` is given, draws its noise from
+        ``rngs`` (one per sample) and returns the output with the records it used.
+        """
+        if samples is None:
+            samples = Samples(self.sample(batch, rngs))
+        return self.apply(batch, samples), samples
 
     # -- public -----------------------------------------------------------------------
+    def check_conditions(self, batch: Batch) -> None:
+        """Raise :class:`~anoplug.conditions.ConditionError` for a missing or unused condition."""
+        from anoplug.conditions import ConditionError
+
+        given = batch.conditions.present()
+        missing = [c for c in self.requires.conditions if c not in given]
+        if missing:
+            raise ConditionError(f"{self.name} needs conditions.{missing[0]} on the batch "
+                                 f"(requires: {', '.join(self.requires.conditions)})")
+        unused = [c for c in given if c not in self.requires.uses]
+        if unused:
+            uses = ", ".join(self.requires.uses) or "none"
+            raise ConditionError(f"{self.name} does not use conditions.{unused[0]} (it uses: {uses})")
+
     def generate(self, batch: Batch, *, generator: torch.Generator | None = None, seed: int | None = None,
-                 seeds: Sequence[int] | None = None, **conditions: Any) -> Batch:
+                 seeds: Sequence[int] | None = None, samples: Sequence[dict] | None = None) -> Batch:
         """Return a new batch with synthetic anomalies (and their masks and labels).
 
         Randomness comes from exactly one of ``generator``, ``seed`` (sample *i* seeded
-        from ``(seed, i)``) or ``seeds`` (one per sample); the input is never modified.
+        from ``(seed, i)``) or ``seeds`` (one per sample); ``samples`` (the records of an
+        earlier call, ``out.samples``) replays those draws. Conditions ride on
+        ``batch.conditions``; the input is never modified.
         """
         if not isinstance(batch, Batch):
             raise BatchError(f"{self.name}.generate expects an anoplug.Batch, got {type(batch).__name__}")
         batch.validate()
         if not self._fitted:
             raise NotFittedError(f"generator {self.name!r} must be fitted (fit) or loaded (load) before generate")
+        self.check_conditions(batch)
+        if samples is not None:
+            samples = Samples(samples)
+            if len(samples) != len(batch):
+                raise ValueError(f"samples has {len(samples)} records for {len(batch)} images")
         per_sample = resolve_seeds(len(batch), generator=generator, seed=seed, seeds=seeds)
         from anoplug import registry  # local: registry imports this module
 
@@ -140,16 +213,17 @@ class Generator:
         if hook is not None:
             hook.anoplug_before_generate(spec=self, params=pdict, n_images=len(batch))
         try:
-            out, samples = self._generate(batch.to(self.device), rngs_for(per_sample), **conditions)
+            out, drawn = self.generate_batch(batch.to(self.device), rngs_for(per_sample), samples)
             out.validate(values=False)  # structure only; the conformance kit checks values
         except Exception as e:
             if hook is not None:
                 hook.anoplug_on_generate_error(spec=self, params=pdict, error=e)
             raise
+        if len(drawn) != len(out):
+            raise RuntimeError(f"{self.name}: {len(drawn)} sample records for {len(out)} outputs")
+        out.conditions = batch.conditions  # the output answers what was asked of the input
         for i, m in enumerate(out.meta):
-            m.update(method=self.name, method_version=self.version, params=pdict, seed=per_sample[i])
-            if i < len(samples):
-                m["sample"] = jsonable(samples[i])
+            m.update(method=self.name, method_version=self.version, params=pdict, seed=per_sample[i], sample=drawn[i])
         if hook is not None:
             hook.anoplug_after_generate(spec=self, params=pdict, batch=out, seconds=time.perf_counter() - t0)
         return out
@@ -217,8 +291,6 @@ class Generator:
     @classmethod
     def load(cls, directory: str | Path) -> Generator:
         """Rebuild a generator saved with :meth:`save`."""
-        from safetensors.torch import load_file
-
         d = Path(directory)
         cfg_path = d / "config.json"
         if not cfg_path.is_file():
@@ -231,20 +303,26 @@ class Generator:
             raise ValueError(f"{cfg_path} holds generator {cfg.get('name')!r}, not {cls.name!r}")
         obj = cls(**cfg.get("params", {}))
         obj.restore_config(cfg)
-        wpath = d / "weights.safetensors"
+        obj.load_weights(d)
+        obj._fitted = bool(cfg.get("fitted", True))
+        return obj
+
+    def load_weights(self, directory: str | Path) -> None:
+        """Read ``weights.safetensors`` of ``directory`` into this generator's modules and extra state."""
+        from safetensors.torch import load_file
+
+        wpath = Path(directory) / "weights.safetensors"
         try:
             tensors = load_file(str(wpath)) if wpath.is_file() else {}
         except Exception as e:  # safetensors raises its own error types for corrupt headers
             raise ValueError(f"cannot read weights {wpath}: {e}") from e
-        for key, module in obj.modules().items():
+        for key, module in self.modules().items():
             sd = {n[len(key) + 1:]: t for n, t in tensors.items() if n.startswith(key + ".")}
             try:
                 module.load_state_dict(sd)
             except RuntimeError as e:
                 raise ValueError(f"weights in {wpath} do not fit module {key!r}: {e}") from e
-        obj.load_extra_state({k[6:]: v for k, v in tensors.items() if k.startswith("extra.")})
-        obj._fitted = bool(cfg.get("fitted", True))
-        return obj
+        self.load_extra_state({k[6:]: v for k, v in tensors.items() if k.startswith("extra.")})
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.params!r})"

@@ -58,7 +58,7 @@ from typing import Any
 import torch
 from pydantic import Field
 
-from anoplug.generator import Generator, Paper
+from anoplug.generator import Generator, Paper, Samples
 from anoplug.params import Params
 from anoplug.types import Batch
 
@@ -76,15 +76,15 @@ class {cls}(Generator):
     Params = {cls}Params
     preserves_outside_mask = True
 
-    def sample(self, batch: Batch, rngs: Sequence[torch.Generator]) -> list[dict]:
-        out = []
+    def sample(self, batch: Batch, rngs: Sequence[torch.Generator]) -> Samples:
+        out = Samples()
         for rng in rngs:
             anomalous = bool(torch.rand(1, generator=rng) < self.params.probability)
             yx = torch.rand(2, generator=rng).tolist()
             out.append({{"anomalous": anomalous, "y": yx[0], "x": yx[1], "shade": float(torch.rand(1, generator=rng))}})
         return out
 
-    def apply(self, batch: Batch, samples: list[dict], **conditions: Any) -> Batch:
+    def apply(self, batch: Batch, samples: Samples) -> Batch:
         out = batch.clone()
         h, w = batch.size
         side = max(1, int(self.params.size * min(h, w)))

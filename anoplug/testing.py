@@ -9,8 +9,9 @@ fixtures to any test suite:
 - ``toy_batch``: a small deterministic batch (4 × 3 × 64 × 64, with an object mask);
 - ``no_network``: a socket guard that fails the test on any connection attempt.
 
-Mixins ``GeneratorConformance``, ``FeatureGeneratorConformance`` and
-``EvaluatorConformance`` turn a few class attributes into a full contract check::
+Mixins ``GeneratorConformance``, ``LearnedGeneratorConformance`` (adds fit, resume and
+save/load), ``FeatureGeneratorConformance`` and ``EvaluatorConformance`` turn a few class
+attributes into a full contract check::
 
     class TestDraem(GeneratorConformance):
         generator_name = "draem"
@@ -32,8 +33,9 @@ from typing import Any, ClassVar
 
 import pytest
 
-__all__ = ["make_toy_batch", "GeneratorConformance", "FeatureGeneratorConformance", "EvaluatorConformance",
-           "NetworkBlocked", "block_network"]
+__all__ = ["make_toy_batch", "make_toy_anomalies", "condition_variants", "GeneratorConformance",
+           "LearnedGeneratorConformance", "FeatureGeneratorConformance", "EvaluatorConformance", "NetworkBlocked",
+           "block_network"]
 
 
 class NetworkBlocked(RuntimeError):
@@ -135,6 +137,61 @@ class _Base:
         assert r.returncode == 0, f"importing {self.entry_module} imported heavy modules: {r.stdout or r.stderr}"
 
 
+def _same(a: Any, b: Any) -> bool:
+    """Deep equality of records that hold tensors (bit for bit), lists, tuples and dicts."""
+    import torch
+
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.dtype == b.dtype
+                and a.shape == b.shape and a.numpy().tobytes() == b.numpy().tobytes())
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    return type(a) is type(b) and a == b
+
+
+def _bytes(batch: Any) -> tuple[bytes, bytes]:
+    return batch.image.numpy().tobytes(), batch.mask.numpy().tobytes()
+
+
+def condition_variants(name: str, batch: Any, box_label: Any = "anomaly") -> tuple[dict, dict]:
+    """Two different values of condition ``name`` for ``batch`` (``with_conditions`` keywords).
+
+    A generator that honours the condition must give different outputs for the two.
+    """
+    import torch
+
+    n, (h, w) = len(batch), batch.size
+    if name == "target_mask":
+        a, b = torch.zeros(n, 1, h, w), torch.zeros(n, 1, h, w)
+        a[..., h // 8: h // 2, w // 8: w // 2] = 1
+        b[..., h // 2: 7 * h // 8, w // 2: 7 * w // 8] = 1
+        return {"target_mask": a}, {"target_mask": b}
+    if name == "boxes":
+        return ({"boxes": [[(box_label, 0.1, 0.1, 0.45, 0.45)]] * n},
+                {"boxes": [[(box_label, 0.55, 0.5, 0.9, 0.95)]] * n})
+    if name == "prompt":
+        return {"prompt": ["a photo of a scratch"] * n}, {"prompt": ["a photo of a hole"] * n}
+    one, two = [(i + 1) % n for i in range(n)], [(i + 2) % n for i in range(n)]
+    other = make_toy_batch(n, h, seed=99)
+    if name == "source_image":
+        return {"source_image": batch.image[one].clone()}, {"source_image": other.image}
+    if name == "source_object_mask":
+        obj = batch.object_mask if batch.object_mask is not None else torch.ones(n, 1, h, w)
+        src = {"source_image": batch.image[one].clone()}
+        return {**src, "source_object_mask": obj[one].clone()}, {**src, "source_object_mask": torch.ones(n, 1, h, w)}
+    if name in ("references", "reference_masks"):
+        m = torch.zeros(n, 2, 1, h, w)
+        m[..., h // 4: 3 * h // 4, w // 4: 3 * w // 4] = 1
+        ra = torch.stack([batch.image[one], batch.image[two]], 1) * (1 - m) + 0.1 * m
+        rb = torch.stack([other.image, other.image.flip(-1)], 1) * (1 - m) + 0.9 * m
+        return {"references": ra, "reference_masks": m}, {"references": rb, "reference_masks": m}
+    raise ValueError(f"no kit variants for condition {name!r}; override condition_variants")
+
+
 class GeneratorConformance(_Base):
     """Contract checks for an image-level generator. Set the class attributes below."""
 
@@ -142,10 +199,15 @@ class GeneratorConformance(_Base):
     generator_class: ClassVar[type | None] = None  # or the class directly
     params: ClassVar[dict] = {}  # a fast configuration
     bad_params: ClassVar[dict] = {}  # {field: out-of-range value}; each must raise naming the field
-    conditions: ClassVar[dict] = {}  # extra keyword conditions for generate()
+    conditions: ClassVar[dict] = {}  # ``Batch.with_conditions`` keywords for the test batch
     image_size: ClassVar[int] = 64
     batch_size: ClassVar[int] = 4
     expect_anomalies: ClassVar[bool] = True  # at least one sample anomalous with these params
+    #: True when the sample records hold the choices but noise is drawn from the seeds at apply time
+    #: (diffusion, GANs): replay then needs the same seeds too
+    replay_needs_seeds: ClassVar[bool] = False
+    #: the label the kit's box conditions use (a fitted class name for learned methods)
+    box_label: ClassVar[Any] = "anomaly"
 
     # hooks a learned plugin overrides (e.g. build tiny modules and fit them briefly)
     def make_generator(self) -> Any:
@@ -156,7 +218,13 @@ class GeneratorConformance(_Base):
         return get_registry().get_generator(self.generator_name, **self.params)
 
     def make_batch(self) -> Any:
-        return make_toy_batch(self.batch_size, self.image_size)
+        """The test batch, carrying ``conditions``."""
+        b = make_toy_batch(self.batch_size, self.image_size)
+        return b.with_conditions(**self.conditions) if self.conditions else b
+
+    def condition_variants(self, name: str, batch: Any) -> tuple[dict, dict]:
+        """Two values of condition ``name`` that must give different outputs (override for your method)."""
+        return condition_variants(name, batch, self.box_label)
 
     def generator_type(self) -> type:
         """The class under test, without building (or fitting) an instance when avoidable."""
@@ -181,7 +249,7 @@ class GeneratorConformance(_Base):
     @pytest.fixture(scope="class")
     @classmethod
     def output(cls, gen: Any, batch: Any) -> Any:
-        return gen.generate(batch, seed=0, **cls.conditions)
+        return gen.generate(batch, seed=0)
 
     def test_metadata(self, gen: Any) -> None:
         from anoplug.specs import CATEGORIES
@@ -195,10 +263,18 @@ class GeneratorConformance(_Base):
         if self.generator_name:
             from anoplug.registry import get_registry
 
-            assert get_registry().spec("generators", self.generator_name).category == cls.category
+            spec = get_registry().spec("generators", self.generator_name)
+            declared = {"title": cls.title, "category": cls.category, "tags": tuple(cls.tags),
+                        "needs_fit": bool(cls.requires.fit)}
+            registered = {"title": spec.title, "category": spec.category, "tags": tuple(spec.tags),
+                          "needs_fit": bool(spec.needs_fit)}
+            assert registered == declared, f"the entry point's spec {registered} differs from the class {declared}"
 
-    def test_output_contract(self, batch: Any, output: Any) -> None:
+    def test_output_contract(self, gen: Any, batch: Any, output: Any) -> None:
         import torch
+
+        from anoplug.seeding import sample_seed
+        from anoplug.serial import pack
 
         assert output is not batch
         assert output.image.shape == batch.image.shape and output.image.dtype == torch.float32
@@ -206,19 +282,41 @@ class GeneratorConformance(_Base):
         assert float(output.image.min()) >= 0 and float(output.image.max()) <= 1
         assert bool(((output.mask == 0) | (output.mask == 1)).all()), "mask must be binary"
         assert len(output.label) == len(batch) == len(output.meta)
+        params = gen.params.model_dump(mode="json")
         for i in range(len(output)):
             anomalous = bool(output.mask[i].any())
             assert (output.label[i] != "good") == anomalous, f"sample {i}: label {output.label[i]!r} vs mask"
-            assert output.meta[i]["method"] == type(output).__name__ or output.meta[i]["method"]
-            assert "seed" in output.meta[i] and "params" in output.meta[i]
-            json.dumps(output.meta[i])  # provenance must be JSON-serialisable
+            m = output.meta[i]
+            assert m["method"] == gen.name and m["method_version"] == gen.version, f"sample {i}: wrong method in meta"
+            assert m["params"] == params, f"sample {i}: meta params differ from the generator's"
+            assert m["seed"] == sample_seed(0, i), f"sample {i}: meta seed is not sample_seed(0, {i})"
+            assert isinstance(m.get("sample"), dict), f"sample {i}: no draw record in meta['sample']"
+            json.dumps(pack(m))  # provenance must serialise losslessly
         if self.expect_anomalies:
             assert any(output.label[i] != "good" for i in range(len(output))), "no anomaly generated"
+
+    def test_draw_records_round_trip_losslessly(self, output: Any) -> None:
+        from anoplug.generator import Samples
+
+        store: dict = {}
+        text = json.dumps(output.samples.pack(store, inline_max=16), allow_nan=False)
+        back = Samples.unpack(json.loads(text), store)
+        for i, (a, b) in enumerate(zip(output.samples, back)):
+            assert _same(a, b), f"sample {i}: the draw record changed through JSON + side file"
+
+    def test_replay_gives_the_same_bytes(self, gen: Any, batch: Any, output: Any) -> None:
+        from anoplug.generator import Samples
+
+        store: dict = {}
+        records = Samples.unpack(json.loads(json.dumps(output.samples.pack(store))), store)
+        seeds = [m["seed"] for m in output.meta] if self.replay_needs_seeds else [7] * len(batch)
+        again = gen.generate(batch, seeds=seeds, samples=records)
+        assert _bytes(again) == _bytes(output), "replaying the draw records gave other bytes"
 
     def test_input_not_modified(self, gen: Any) -> None:
         b = self.make_batch()
         before = b.image.clone()
-        gen.generate(b, seed=3, **self.conditions)
+        gen.generate(b, seed=3)
         assert (b.image == before).all(), "generate() modified its input"
 
     def test_outside_mask_unchanged(self, gen: Any, batch: Any, output: Any) -> None:
@@ -235,19 +333,46 @@ class GeneratorConformance(_Base):
                 assert float(diff[m].max()) > 0, f"sample {i}: nothing changed inside the mask"
 
     def test_same_seed_same_bytes(self, gen: Any, batch: Any, output: Any) -> None:
-        again = gen.generate(batch, seed=0, **self.conditions)
+        again = gen.generate(batch, seed=0)
         assert again.image.numpy().tobytes() == output.image.numpy().tobytes(), "same seed, different image"
         assert again.mask.numpy().tobytes() == output.mask.numpy().tobytes(), "same seed, different mask"
 
     def test_per_sample_seeding_is_batch_independent(self, gen: Any, batch: Any, output: Any) -> None:
         seeds = [m["seed"] for m in output.meta]
-        single = gen.generate(batch[1], seeds=[seeds[1]], **self.conditions)
+        single = gen.generate(batch[1], seeds=[seeds[1]])
         assert single.mask.numpy().tobytes() == output.mask[1:2].numpy().tobytes()
         assert (single.image - output.image[1:2]).abs().max() <= 1e-5, "sample depends on its batch"
 
     def test_different_seeds_differ(self, gen: Any, batch: Any, output: Any) -> None:
-        other = gen.generate(batch, seed=12345, **self.conditions)
+        other = gen.generate(batch, seed=12345)
         assert not (other.image == output.image).all() or not (other.mask == output.mask).all()
+
+    def test_every_used_condition_is_honoured(self, gen: Any) -> None:
+        uses = [c for c in gen.requires.uses if c != "reference_masks"]
+        if not uses:
+            pytest.skip("the method reads no per-sample conditions")
+        base = make_toy_batch(self.batch_size, self.image_size)
+        for name in uses:
+            va, vb = self.condition_variants(name, base)
+            kept = {k: v for k, v in self.conditions.items() if k not in va}
+            a = gen.generate(base.with_conditions(**kept, **va), seed=0)
+            b = gen.generate(base.with_conditions(**kept, **vb), seed=0)
+            assert _bytes(a) != _bytes(b), f"conditions.{name} changed and the output did not: it is not honoured"
+
+    def test_missing_or_unused_condition_is_a_clear_error(self, gen: Any) -> None:
+        from anoplug.conditions import CONDITION_NAMES, ConditionError
+
+        base = make_toy_batch(self.batch_size, self.image_size)
+        for name in gen.requires.conditions:
+            rest = {k: v for k, v in self.conditions.items() if k != name}
+            with pytest.raises(ConditionError, match=f"conditions.{name}"):
+                gen.generate(base.with_conditions(**rest) if rest else base, seed=0)
+        unused = [c for c in CONDITION_NAMES if c not in gen.requires.uses and c not in ("reference_masks",
+                                                                                        "source_object_mask")]
+        if unused:
+            va, _ = condition_variants(unused[0], base)
+            with pytest.raises(ConditionError, match=f"conditions.{unused[0]}"):
+                gen.generate(base.with_conditions(**self.conditions, **va), seed=0)
 
     def test_bad_params_name_the_field(self) -> None:
         from anoplug.params import ParamError
@@ -265,15 +390,88 @@ class GeneratorConformance(_Base):
     def test_save_load_roundtrip(self, gen: Any, batch: Any, output: Any, tmp_path: Any) -> None:
         gen.save(tmp_path / "g")
         again = type(gen).load(tmp_path / "g")
-        assert again.params == gen.params
-        out2 = again.generate(batch, seed=0, **self.conditions)
-        assert (out2.image - output.image).abs().max() <= 1e-5 and (out2.mask == output.mask).all()
+        assert again.params == gen.params and again.is_fitted
+        out2 = again.generate(batch, seed=0)
+        assert _bytes(out2) == _bytes(output), "save -> load -> generate gave other bytes"
 
     def test_no_network(self, batch: Any) -> None:
         with block_network():
             g = self.make_generator()
-            out = g.generate(batch, seed=1, **self.conditions)
+            out = g.generate(batch, seed=1)
         assert len(out) == len(batch)
+
+
+class LearnedGeneratorConformance(GeneratorConformance):
+    """Adds the learned-method contract: fit (tiny) → generate → save → load → same bytes, and resume.
+
+    Set ``params`` to a tiny configuration; ``fit_steps`` is what the kit trains for.
+    Override :meth:`fit_data` to give your method the data it needs.
+    """
+
+    fit_steps: ClassVar[int] = 2
+    resume_steps: ClassVar[int] = 4  # the resume check runs this many steps, checkpointing halfway
+    replay_needs_seeds: ClassVar[bool] = True
+
+    def fit_data(self) -> tuple[Any, Any]:
+        """(normals, anomalies): toy normals, and — for methods that need them — toy defects with masks."""
+        normals = make_toy_batch(self.batch_size, self.image_size, seed=10)
+        return normals, make_toy_anomalies(self.batch_size, self.image_size)
+
+    def unfitted(self) -> Any:
+        return self.generator_type()(**self.params)
+
+    def make_generator(self) -> Any:
+        normals, anomalies = self.fit_data()
+        return self.unfitted().fit(normals, anomalies if self.generator_type().requires.anomalies else None,
+                                   steps=self.fit_steps)
+
+    def _fit_args(self) -> tuple[Any, Any]:
+        normals, anomalies = self.fit_data()
+        return normals, anomalies if self.generator_type().requires.anomalies else None
+
+    def test_generate_before_fit_is_a_clear_error(self) -> None:
+        from anoplug.generator import NotFittedError
+
+        g = self.unfitted()
+        assert not g.is_fitted
+        with pytest.raises(NotFittedError):
+            g.generate(self.make_batch(), seed=0)
+
+    def test_fit_marks_fitted_and_logs_each_step(self, gen: Any) -> None:
+        assert gen.is_fitted
+        assert len(gen.history) >= self.fit_steps and all(isinstance(h, dict) for h in gen.history)
+
+    def test_resume_gives_the_weights_of_an_uninterrupted_run(self, tmp_path: Any) -> None:
+        from anoplug.learned import latest_checkpoint
+
+        half = self.resume_steps // 2
+        whole = self.unfitted().fit(*self._fit_args(), steps=self.resume_steps, checkpoint_every=half,
+                                    checkpoint_dir=tmp_path / "ckpt")
+        mid = latest_checkpoint(tmp_path / "ckpt")
+        assert mid is not None and mid.name == f"step-{half:06d}"
+        resumed = self.unfitted().fit(*self._fit_args(), steps=self.resume_steps, resume_from=mid)
+        for key, module in whole.modules().items():
+            theirs = resumed.modules()[key].state_dict()
+            for n, t in module.state_dict().items():
+                assert _same(t, theirs[n]), f"{key}.{n} differs after resuming at step {half}"
+        assert _same(whole.extra_state(), resumed.extra_state()), "extra state differs after resuming"
+        assert [h for h in whole.history] == [h for h in resumed.history], "the training history differs"
+
+
+def make_toy_anomalies(n: int = 4, size: int = 64, seed: int = 5, label: str = "scratch"):
+    """Toy "real" defects: dark rectangles with their masks and a defect label (for few-shot fits)."""
+    import torch
+
+    b = make_toy_batch(n, size, seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.zeros(n, 1, size, size)
+    for i in range(n):
+        y, x = (int(v) for v in torch.randint(2, size // 2, (2,), generator=g))
+        mask[i, :, y:y + size // 4, x:x + size // 3] = 1
+    image = b.image * (1 - mask) + 0.15 * mask
+    from anoplug.types import Batch
+
+    return Batch(image=image, mask=mask, label=[label] * n, meta=[{"source": f"toy-defect-{i}"} for i in range(n)])
 
 
 class FeatureGeneratorConformance(_Base):
@@ -340,6 +538,16 @@ class FeatureGeneratorConformance(_Base):
         with block_network():
             out, _ = self.make_generator().generate_features(self.make_features(), seed=2)
         assert math.isfinite(float(out.sum()))
+
+    def test_save_load_roundtrip(self, tmp_path: Any) -> None:
+        g, f = self.make_generator(), self.make_features()
+        g.save(tmp_path / "g")
+        again = type(g).load(tmp_path / "g")
+        assert again.params == g.params and again.is_fitted == g.is_fitted
+        a, ma = g.generate_features(f, seed=0)
+        b, mb = again.generate_features(f, seed=0)
+        assert a.numpy().tobytes() == b.numpy().tobytes(), "save -> load -> generate_features gave other features"
+        assert (ma is None and mb is None) or ma.numpy().tobytes() == mb.numpy().tobytes()
 
 
 class EvaluatorConformance(_Base):

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from anoplug.conditions import Conditions
+
 GOOD = "good"
 
 
@@ -92,7 +94,9 @@ class Batch:
     - ``label``: one string per sample, ``"good"`` for normal, else the anomaly type;
     - ``meta``: one dict per sample (method, params, seed, source, sampled parameters);
     - optional ``object_mask`` ``[B,1,H,W]`` {0,1}, ``depth`` ``[B,1,H,W]`` float32,
-      ``text`` (one caption per sample), ``extras`` (named tensors, leading dim B).
+      ``text`` (one caption per sample), ``extras`` (named tensors, leading dim B);
+    - ``conditions``: what each sample is asked for (target mask, boxes, prompt, paired
+      source, references), see :class:`anoplug.conditions.Conditions`.
     """
 
     image: torch.Tensor
@@ -103,6 +107,7 @@ class Batch:
     depth: torch.Tensor | None = None
     text: list[str] | None = None
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
+    conditions: Conditions = field(default_factory=Conditions)
 
     def __post_init__(self) -> None:
         if not isinstance(self.image, torch.Tensor):
@@ -148,7 +153,41 @@ class Batch:
             _check(len(self.text) == b, f"text has {len(self.text)} entries for {b} images")
         for k, v in self.extras.items():
             _check(isinstance(v, torch.Tensor) and v.shape[:1] == (b,), f"extras[{k!r}] must have leading dim {b}")
+        _check(isinstance(self.conditions, Conditions),
+               f"conditions must be an anoplug.Conditions, got {type(self.conditions).__name__}")
+        if self.conditions:
+            self.conditions.validate(b, (h, w))
         return self
+
+    def with_conditions(self, **conditions: Any) -> Batch:
+        """This batch with per-sample conditions set (``target_mask=``, ``boxes=``, ``prompt=``, ...).
+
+        A single prompt string is repeated for every sample; a ``[1,1,H,W]`` target mask is
+        expanded; the result is validated, naming the field that is wrong.
+        """
+        if isinstance(conditions.get("prompt"), str):
+            conditions["prompt"] = [conditions["prompt"]] * len(self)
+        tm = conditions.get("target_mask")
+        if isinstance(tm, torch.Tensor):
+            tm = tm.float()
+            tm = tm[:, None] if tm.ndim == 3 else tm
+            conditions["target_mask"] = tm.expand(len(self), -1, -1, -1).contiguous() if tm.shape[0] == 1 else tm
+        try:
+            cond = self.conditions.replace(**conditions)
+        except TypeError:
+            from anoplug.conditions import CONDITION_NAMES
+
+            bad = sorted(set(conditions) - set(CONDITION_NAMES))
+            raise BatchError(f"unknown condition {bad[0]!r}; known: {', '.join(CONDITION_NAMES)}") from None
+        cond.validate(len(self), self.size)
+        return self._replace_trusted(conditions=cond)
+
+    @property
+    def samples(self) -> Any:
+        """The draw records of a generated batch (``meta[i]["sample"]``): pass to ``generate(samples=)`` to replay."""
+        from anoplug.generator import Samples
+
+        return Samples(m.get("sample") for m in self.meta)
 
     # -- basics -----------------------------------------------------------------------
     def __len__(self) -> int:
@@ -184,6 +223,7 @@ class Batch:
             label=[self.label[i] for i in ids],
             meta=[dict(self.meta[i]) for i in ids],
             text=None if self.text is None else [self.text[i] for i in ids],
+            conditions=self.conditions.select(ids) if self.conditions else self.conditions,
             **kw,
         )
 
@@ -197,13 +237,14 @@ class Batch:
     def to(self, device: str | torch.device) -> Batch:
         if self.image.device == torch.device(device):
             return self
-        return self._replace_trusted(**self._map_tensors(lambda t: t.to(device)))
+        return self._replace_trusted(**self._map_tensors(lambda t: t.to(device)), conditions=self.conditions.to(device))
 
     def clone(self) -> Batch:
         """A deep copy (tensors, labels, meta), cheap: the source is already valid."""
         kw = self._map_tensors(lambda t: t.clone())
         return self._replace_trusted(label=list(self.label), meta=[dict(m) for m in self.meta],
-                                     text=None if self.text is None else list(self.text), **kw)
+                                     text=None if self.text is None else list(self.text),
+                                     conditions=self.conditions.clone(), **kw)
 
     @staticmethod
     def cat(batches: Sequence[Batch], *, common_extras: bool = False) -> Batch:
@@ -238,6 +279,7 @@ class Batch:
             depth=cat_opt("depth"),
             text=None if texts[0] is None else [s for t in texts for s in t],
             extras={k: torch.cat([b.extras[k] for b in batches]) for k in keys},
+            conditions=Conditions.cat([b.conditions for b in batches]),
         )
 
     # -- conversions --------------------------------------------------------------------

@@ -75,7 +75,7 @@ class Scratch(Generator):
         return [{"centre": torch.rand(2, generator=r), "angle": float(torch.rand((), generator=r)) * torch.pi}
                 for r in rngs]
 
-    def apply(self, batch, samples, **conditions):
+    def apply(self, batch, samples):
         h, w = batch.size
         centre = torch.stack([s["centre"] for s in samples]) * torch.tensor([w, h])  # [B,2] in pixels
         angle = torch.tensor([s["angle"] for s in samples])

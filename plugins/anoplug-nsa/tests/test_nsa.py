@@ -27,9 +27,7 @@ KS_CRIT = 1.95 / math.sqrt(N_DRAWS)  # α = 0.001
 def _with_sources(b: Batch) -> Batch:
     """Pair every image with another normal image (the next one), as NSA's loader does."""
     order = [(i + 1) % len(b) for i in range(len(b))]
-    b.extras["source_image"] = b.image[order].clone()
-    b.extras["source_object_mask"] = b.object_mask[order].clone()
-    return b
+    return b.with_conditions(source_image=b.image[order].clone(), source_object_mask=b.object_mask[order].clone())
 
 
 class TestNSAConformance(GeneratorConformance):
@@ -257,7 +255,8 @@ def test_source_modes() -> None:
     assert [x["source_index"] for x in NSA(source="self").sample(b, rngs())] == [0, 1, 2, 3]
     assert all(x["source_index"] != i for i, x in enumerate(NSA(source="batch").sample(b, rngs())))
     paired = _with_sources(make_toy_batch(4, 64))
-    assert all(x["source"] == "extras" for x in NSA().sample(paired, rngs()))
-    paired.extras["source_image"] = paired.image[:, :, :32]
+    assert all(x["source"] == "paired" for x in NSA().sample(paired, rngs()))
     with pytest.raises(ValueError, match="source_image"):
-        NSA().sample(paired, rngs())
+        paired.with_conditions(source_image=paired.image[:, :, :32])
+    with pytest.raises(ValueError, match="conditions.boxes"):
+        NSA().generate(paired.with_conditions(boxes=[[]] * 4), seed=0)

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from pydantic import Field, field_validator
 
-from anoplug.generator import Generator, Paper
+from anoplug.generator import Generator, Paper, Samples
 from anoplug.params import Params
 from anoplug.types import Batch
 
@@ -58,14 +58,14 @@ class Hybrid(Generator):
         if needs_fit:
             raise ParamError(f"members: hybrid mixes training-free generators only; {', '.join(needs_fit)} must be fitted")
 
-    def sample(self, batch: Batch, rngs: Sequence[torch.Generator]) -> list[dict]:
-        out = []
+    def sample(self, batch: Batch, rngs: Sequence[torch.Generator]) -> Samples:
+        out = Samples()
         for g in rngs:
             k = int(torch.randint(len(self.members), (1,), generator=g))
             out.append({"member": self.member_names[k], "member_seed": int(torch.randint(2**62, (1,), generator=g))})
         return out
 
-    def apply(self, batch: Batch, samples: list[dict], **conditions: Any) -> Batch:
+    def apply(self, batch: Batch, samples: Samples) -> Batch:
         parts, order = [], []
         for name, member in zip(self.member_names, self.members):
             idx = [i for i, s in enumerate(samples) if s["member"] == name]

@@ -6,4 +6,4 @@ from anoplug import GeneratorSpec, hookimpl
 @hookimpl
 def anoplug_generators() -> list[GeneratorSpec]:
     return [GeneratorSpec("hybrid", "anoplug_asbench.hybrid:Hybrid", title="ASBench hybrid: equal mixture of generators",
-                          category="evaluation", tags=("asbench", "cutpaste"))]
+                          category="evaluation", tags=("asbench",))]

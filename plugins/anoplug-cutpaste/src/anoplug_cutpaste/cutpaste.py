@@ -27,7 +27,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from pydantic import Field, model_validator
 
-from anoplug.generator import Generator, Paper
+from anoplug.generator import Generator, Paper, Samples
 from anoplug.params import Params
 from anoplug.types import GOOD, Batch
 from anoplug_cutpaste.paste import Patches, paste, rotated_box
@@ -170,10 +170,10 @@ class _CutPasteBase(Generator):
     def _draw(self, rng: torch.Generator, size: tuple[int, int], obj: torch.Tensor | None) -> dict:
         raise NotImplementedError
 
-    def sample(self, batch: Batch, rngs: Sequence[torch.Generator]) -> list[dict]:
-        return [self._draw(rng, batch.size, self._object(batch, i)) for i, rng in enumerate(rngs)]
+    def sample(self, batch: Batch, rngs: Sequence[torch.Generator]) -> Samples:
+        return Samples(self._draw(rng, batch.size, self._object(batch, i)) for i, rng in enumerate(rngs))
 
-    def apply(self, batch: Batch, samples: list[dict], **conditions: Any) -> Batch:
+    def apply(self, batch: Batch, samples: Samples) -> Batch:
         dev = batch.image.device
 
         geometry = torch.tensor([[s["kind"] != GOOD, *s["src"], s["h"], s["w"], *s["dst"], *s["box"]] for s in samples],

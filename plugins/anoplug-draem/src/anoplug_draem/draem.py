@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 import torch
 from pydantic import Field, model_validator
 
-from anoplug.generator import Generator, Paper
+from anoplug.generator import Generator, Paper, Samples
 from anoplug.noise import perlin_masks, sample_gradients
 from anoplug.params import Params
 from anoplug.types import GOOD, Batch
@@ -75,10 +75,10 @@ class Draem(Generator):
         return 0 if self.params.texture_source == "perlin" else len(self._texture_source((8, 8)))
 
     # -- sampling and applying --------------------------------------------------------------
-    def sample(self, batch: Batch, rngs: Sequence[torch.Generator]) -> list[dict]:
+    def sample(self, batch: Batch, rngs: Sequence[torch.Generator]) -> Samples:
         p = self.params
         n_tex = self._n_textures()
-        out = []
+        out = Samples()
         for rng in rngs:
             anomalous = bool(torch.rand(1, generator=rng) < p.probability)
             e = torch.randint(p.min_scale_exp, p.max_scale_exp, (2,), generator=rng)
@@ -93,7 +93,7 @@ class Draem(Generator):
                         "texture": texture, "augmenters": chain, "beta": beta})
         return out
 
-    def apply(self, batch: Batch, samples: list[dict], **conditions: Any) -> Batch:
+    def apply(self, batch: Batch, samples: Samples) -> Batch:
         idx = [i for i, s in enumerate(samples) if s["anomalous"]]
         if len(idx) < len(batch):  # some samples stay as they are
             out = batch.clone()

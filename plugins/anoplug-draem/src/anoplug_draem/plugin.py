@@ -6,4 +6,4 @@ from anoplug import GeneratorSpec, hookimpl
 @hookimpl
 def anoplug_generators() -> list[GeneratorSpec]:
     return [GeneratorSpec("draem", "anoplug_draem.draem:Draem", title="DRAEM Perlin-noise texture anomaly",
-                          category="cutpaste", tags=("perlin", "texture"))]
+                          category="cutpaste", tags=("perlin", "texture", "baseline"))]

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from anoplug.generator import Generator, Paper, Requires
+from anoplug.generator import Generator, Paper, Requires, Samples
 from anoplug.params import Params
 from anoplug.types import GOOD, Batch
 from anoplug_nsa import presets
@@ -50,7 +50,7 @@ class NSAParams(Params):
     num_patches: int = Field(0, ge=0, le=10, description="maximum patches per image (0 = the class preset: 3 or 4)")
     soft_label: bool = Field(True, description="also return the logistic soft label in extras['soft_mask']")
     source: Literal["auto", "batch", "self"] = Field("auto", description=(
-        "source image: 'auto' = extras['source_image'] if given, else another image of the batch; "
+        "source image: 'auto' = conditions.source_image if given, else another image of the batch; "
         "'batch' = another image of the batch; 'self' = the image itself"))
     object_aware: bool = Field(True, description="use object masks (given, or the class heuristic) to place patches")
     resize: bool = Field(True, description="randomly rescale the patch before blending")
@@ -65,7 +65,7 @@ class _Context:
     """Per-call data shared by sampling and applying: object masks, presets, 8-bit images."""
 
     batch: Batch
-    source_from_extras: bool
+    source_paired: bool
     dest_obj: list[torch.Tensor | None]  # per image [H,W] bool
     source_obj: list[torch.Tensor | None]  # per source image
     presets: list[tuple[str, presets.Preset]]
@@ -82,7 +82,7 @@ class _Context:
         """(destination, source) images in grey levels, computed on first use (sampling needs none)."""
         if self._levels is None:
             dest = _to_levels(self.batch.image)
-            src = _to_levels(self.batch.extras["source_image"]) if self.source_from_extras else dest
+            src = _to_levels(self.batch.conditions.source_image) if self.source_paired else dest
             self._levels = (dest, src)
         return self._levels
 
@@ -126,47 +126,50 @@ class NSA(Generator):
                   venue="ECCV", year=2022, url="https://arxiv.org/abs/2109.15222",
                   code_url="https://github.com/hmsch/natural-synthetic-anomalies")
     Params = NSAParams
-    requires = Requires(paired_source=True)  # the writer passes extras["source_image"]: chunking-independent
+    #: the writer, bench and explorer pass the paired normal as conditions.source_image: chunking-independent
+    requires = Requires(accepts=("source_image", "source_object_mask"))
+
+    def __init__(self, params: Any = None, **kw: Any) -> None:
+        super().__init__(params, **kw)
+        if self.params.source != "auto":  # 'self' and 'batch' read no paired source: refuse one, never ignore it
+            self.requires = Requires()
 
     # -- context ------------------------------------------------------------------------------
     def _context(self, batch: Batch) -> _Context:
         p = self.params
-        extra_src = batch.extras.get("source_image")
-        from_extras = p.source == "auto" and extra_src is not None
-        if from_extras and tuple(extra_src.shape) != tuple(batch.image.shape):
-            raise ValueError(f"extras['source_image'] must be {tuple(batch.image.shape)}, got {tuple(extra_src.shape)}")
+        paired = p.source == "auto" and batch.conditions.source_image is not None  # shape checked by the Batch
         has_obj = batch.object_mask is not None
         names = [p.category if p.category != "auto" else str((m or {}).get("category", "auto")) for m in batch.meta]
         chosen = [presets.resolve(n, has_obj) for n in names]
-        ctx = _Context(batch, from_extras, [None] * len(batch), [None] * len(batch), chosen)
+        ctx = _Context(batch, paired, [None] * len(batch), [None] * len(batch), chosen)
         if not p.object_aware:
             return ctx
         if has_obj:
             ctx.dest_obj = list(batch.object_mask[:, 0].bool())
-            src_masks = batch.extras.get("source_object_mask") if from_extras else batch.object_mask
+            src_masks = batch.conditions.source_object_mask if paired else batch.object_mask
             ctx.source_obj = list(src_masks[:, 0].bool()) if src_masks is not None else list(ctx.dest_obj)
         elif any(pr.background is not None for _, pr in chosen):  # MVTec brightness heuristic
             dest, src = ctx.levels()
             for i, (_, pr) in enumerate(chosen):
                 if pr.background is not None:
                     ctx.dest_obj[i] = _heuristic_object(dest[i:i + 1], pr.background)[0]
-                    ctx.source_obj[i] = _heuristic_object(src[i:i + 1], pr.background)[0] if from_extras else ctx.dest_obj[i]
+                    ctx.source_obj[i] = _heuristic_object(src[i:i + 1], pr.background)[0] if paired else ctx.dest_obj[i]
         return ctx
 
     # -- sampling -----------------------------------------------------------------------------
-    def sample(self, batch: Batch, rngs: Sequence[torch.Generator]) -> list[dict]:
+    def sample(self, batch: Batch, rngs: Sequence[torch.Generator]) -> Samples:
         return self._sample(batch, rngs, self._context(batch))
 
     def _source_index(self, i: int, n: int, rng: torch.Generator, ctx: _Context) -> int:
         u = float(torch.rand(1, generator=rng, dtype=torch.float64))  # always drawn: fixed draw count
-        if ctx.source_from_extras or self.params.source == "self" or n == 1:
+        if ctx.source_paired or self.params.source == "self" or n == 1:
             return i
         return (i + 1 + int(u * (n - 1))) % n  # another image of the batch
 
-    def _sample(self, batch: Batch, rngs: Sequence[torch.Generator], ctx: _Context) -> list[dict]:
+    def _sample(self, batch: Batch, rngs: Sequence[torch.Generator], ctx: _Context) -> Samples:
         p = self.params
         H, W = batch.size
-        out = []
+        out = Samples()
         for i, rng in enumerate(rngs):
             name, preset = ctx.presets[i]
             j = self._source_index(i, len(batch), rng, ctx)
@@ -181,7 +184,7 @@ class NSA(Generator):
                                                   s_obj if use_obj else None, ctx.integral(j) if use_obj else None)
                                if present else None)
             clone = preset.clone if p.clone == "preset" else p.clone
-            out.append({"preset": name, "source_index": j, "source": "extras" if ctx.source_from_extras else "batch",
+            out.append({"preset": name, "source_index": j, "source": "paired" if ctx.source_paired else "batch",
                         "clone": clone, "logistic": list(preset.logistic), "n_drawn": n_drawn, "patches": patches})
         return out
 
@@ -261,12 +264,15 @@ class NSA(Generator):
         return None
 
     # -- applying -----------------------------------------------------------------------------
-    def apply(self, batch: Batch, samples: list[dict], **conditions: Any) -> Batch:
+    def apply(self, batch: Batch, samples: Samples) -> Batch:
         return self._apply(batch, samples, self._context(batch))
 
-    def _generate(self, batch: Batch, rngs: Sequence[torch.Generator], **conditions: Any) -> tuple[Batch, list[dict]]:
+    def generate_batch(self, batch: Batch, rngs: Sequence[torch.Generator],
+                       samples: Samples | None = None) -> tuple[Batch, Samples]:
+        """Sampling and applying share one context (object masks, 8-bit images), built once."""
         ctx = self._context(batch)
-        samples = self._sample(batch, rngs, ctx)
+        if samples is None:
+            samples = self._sample(batch, rngs, ctx)
         return self._apply(batch, samples, ctx), samples
 
     def _apply(self, batch: Batch, samples: list[dict], ctx: _Context) -> Batch:

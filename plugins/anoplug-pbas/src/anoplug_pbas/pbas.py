@@ -28,7 +28,7 @@ Read top to bottom, as in the paper:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
@@ -37,7 +37,8 @@ from pydantic import Field, field_validator
 from torch import nn
 
 from anoplug.backbones import BackboneUser, backbone_info
-from anoplug.generator import FeatureGenerator, Paper, Requires
+from anoplug.generator import Paper, Requires
+from anoplug.learned import LearnedFeatureGenerator
 from anoplug.ops import as_batch, predict_in_chunks
 from anoplug.params import Params
 from anoplug.seeding import resolve_seeds
@@ -164,12 +165,15 @@ def synthesize_twins(features: torch.Tensor, centres: torch.Tensor, k: float = 0
     return twins, radius, idx
 
 
-class PBAS(BackboneUser, FeatureGenerator):
+class PBAS(BackboneUser, LearnedFeatureGenerator):
     """PBAS's boundary-guided feature synthesis plus its detector (projection, centres, discriminator).
 
     ``generate_features`` turns projected patch features ``[B,D,h,w]`` into their anomalous
     twins (no mask: every position gets a twin); ``fit`` builds the centres and trains
     projection and discriminator on normal images; ``predict`` and ``evaluate`` use them.
+    ``fit`` is the template of :class:`anoplug.learned.LearnedFeatureGenerator` (checkpoints,
+    resume, ``history``); this class supplies :meth:`build`, :meth:`optimizers` and
+    :meth:`training_step`.
     """
 
     name = "pbas"
@@ -207,7 +211,8 @@ class PBAS(BackboneUser, FeatureGenerator):
         unknown = set(tensors) - {"centres"}
         if unknown:
             raise ValueError(f"{self.name}: unexpected extra tensors {sorted(unknown)}")
-        self.centres = tensors.get("centres")
+        centres = tensors.get("centres")  # no optimiser holds the centres: assigning is enough on resume
+        self.centres = None if centres is None else centres.to(self.device)
 
     def to(self, device: str | torch.device) -> PBAS:
         super().to(device)  # moves the modules and the backbone
@@ -249,49 +254,42 @@ class PBAS(BackboneUser, FeatureGenerator):
         twins, _, _ = synthesize_twins(rows.reshape(-1, d), centres.to(features.device), self.params.k)
         return twins.reshape(b, h, w, d).permute(0, 3, 1, 2).contiguous(), None
 
-    # -- training -------------------------------------------------------------------------------
-    def fit(self, normals: Any, anomalies: Any = None, *, steps: int | None = None,
-            progress: Callable[[int, int, dict], None] | None = None) -> PBAS:
-        """Build the centres with the untrained projection, then train projection and discriminator."""
+    # -- training (the fit template of anoplug.learned: build, optimizers, training_step) ----------
+    def build(self, normals: Any, anomalies: Any, generator: torch.Generator) -> torch.Tensor:
+        """Patch features of the normals (frozen backbone: computed once), and the centres, built with
+        the projection as it is now (untrained) over one pass in an order drawn from ``generator``.
+
+        Projection and discriminator keep the weights they have (xavier init from ``seed`` at
+        construction, or an earlier fit). Returns the features ``[n, h·w, D]``.
+        """
         if anomalies is not None:
             raise ValueError("PBAS is unsupervised: fit(normals) takes no anomalies")
         p = self.params
-        steps = p.steps if steps is None else int(steps)
         images = self._resize(as_batch(normals, "normals").image)
         n = len(images)
-        feats = torch.cat([self.features(images[i:i + 16])[0] for i in range(0, n, 16)])  # frozen: compute once
-        g = torch.Generator().manual_seed(p.seed)
+        feats = torch.cat([self.features(images[i:i + 16])[0] for i in range(0, n, 16)])
         with torch.no_grad():
-            order = torch.randperm(n, generator=g)
+            order = torch.randperm(n, generator=generator)
             self.centres = build_centres([self.projection(feats[order[i:i + p.batch_size]])
                                           for i in range(0, n, p.batch_size)], p.centre_momentum)
-        opt_proj = torch.optim.Adam(self.projection.parameters(), lr=p.lr, weight_decay=1e-5)
-        opt_dsc = torch.optim.AdamW(self.discriminator.parameters(), lr=2 * p.lr)
-        self.projection.train()
-        self.discriminator.train()
-        try:
-            for step in range(steps):
-                idx = torch.randperm(n, generator=g)[:p.batch_size]
-                true = self.projection(feats[idx].reshape(-1, p.target_dim))
-                fake, radius, _ = synthesize_twins(true, self.centres, p.k)
-                scores = self.discriminator(torch.cat([true, fake]))
-                bce = F.binary_cross_entropy(scores[:len(true)], torch.zeros_like(scores[:len(true)])) + \
-                    F.binary_cross_entropy(scores[len(true):], torch.ones_like(scores[len(true):]))
-                loss = radius + bce
-                opt_proj.zero_grad(set_to_none=True)
-                opt_dsc.zero_grad(set_to_none=True)
-                loss.backward()
-                opt_proj.step()
-                opt_dsc.step()
-                info = {"loss": float(loss.detach()), "radius": float(radius.detach()), "bce": float(bce.detach())}
-                self.history.append(info)
-                if progress is not None:
-                    progress(step + 1, steps, info)
-        finally:
-            self.projection.eval()
-            self.discriminator.eval()
-        self._fitted = True
-        return self
+        return feats
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """Adam for the projection (lr, wd 1e-5) and AdamW for the discriminator (2·lr), as the reference."""
+        lr = self.params.lr
+        return {"projection": torch.optim.Adam(self.projection.parameters(), lr=lr, weight_decay=1e-5),
+                "discriminator": torch.optim.AdamW(self.discriminator.parameters(), lr=2 * lr)}
+
+    def training_step(self, data: torch.Tensor, step: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """A batch drawn without replacement; loss = mean radius to the centres + BCE(normal, 0) + BCE(twin, 1)."""
+        p = self.params
+        idx = torch.randperm(len(data), generator=generator)[:p.batch_size]
+        true = self.projection(data[idx].reshape(-1, p.target_dim))
+        fake, radius, _ = synthesize_twins(true, self.centres, p.k)
+        scores = self.discriminator(torch.cat([true, fake]))
+        bce = F.binary_cross_entropy(scores[:len(true)], torch.zeros_like(scores[:len(true)])) + \
+            F.binary_cross_entropy(scores[len(true):], torch.ones_like(scores[len(true):]))
+        return {"loss": radius + bce, "radius": radius, "bce": bce}
 
     # -- inference ----------------------------------------------------------------------------------
     @torch.no_grad()

@@ -26,8 +26,8 @@ Read top to bottom, as in the paper:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
-from typing import Any, ClassVar, Literal
+from collections.abc import Sequence
+from typing import Any, ClassVar, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +35,8 @@ from pydantic import Field, field_validator
 from torch import nn
 
 from anoplug.backbones import Backbone, BackboneUser, backbone_info
-from anoplug.generator import FeatureGenerator, Paper, Requires
+from anoplug.generator import Paper, Requires
+from anoplug.learned import LearnedFeatureGenerator
 from anoplug.noise import perlin_noise, sample_gradients, sample_scales
 from anoplug.ops import as_batch, predict_in_chunks
 from anoplug.params import Params
@@ -228,12 +229,24 @@ def ssn_loss(amap: torch.Tensor, score: torch.Tensor, mask: torch.Tensor, label:
     return loss
 
 
-class SuperSimpleNet(BackboneUser, FeatureGenerator):
+class TrainingData(NamedTuple):
+    """What :meth:`SuperSimpleNet.build` prepares: images at ``image_size``, their cached backbone
+    features (None when too big: computed per step), masks at feature resolution, labels."""
+
+    images: torch.Tensor
+    features: torch.Tensor | None
+    masks: torch.Tensor
+    labels: torch.Tensor
+
+
+class SuperSimpleNet(BackboneUser, LearnedFeatureGenerator):
     """Feature-level generator of SuperSimpleNet plus its detector (adaptor, segmentation and classification heads).
 
     ``generate_features`` works on any ``[B,C,h,w]`` features (it needs no training);
     ``fit`` trains the detector on normal images (unsupervised) or on normal + real defective
-    images with masks (supervised); ``predict`` and ``evaluate`` use it.
+    images with masks (supervised); ``predict`` and ``evaluate`` use it. ``fit`` is the template of
+    :class:`anoplug.learned.LearnedFeatureGenerator` (checkpoints, resume, ``history``); this class
+    supplies :meth:`build`, :meth:`optimizers`, :meth:`schedulers` and :meth:`training_step`.
     """
 
     name = "supersimplenet"
@@ -357,57 +370,62 @@ class SuperSimpleNet(BackboneUser, FeatureGenerator):
         stride = backbone_info(self.params.backbone).layers[self.layers[0]][1]
         return 2 * (self.params.image_size // stride)
 
-    def fit(self, normals: Any, anomalies: Any = None, *, steps: int | None = None,
-            progress: Callable[[int, int, dict], None] | None = None) -> SuperSimpleNet:
-        """Train adaptor and heads. Unsupervised with ``normals`` only; supervised when ``anomalies``
-        (a Batch with real defect masks) is given — real masks are OR-ed with the synthetic ones."""
-        p = self.params
-        steps = p.steps if steps is None else int(steps)
+    # -- training (the fit template of anoplug.learned: build, optimizers, schedulers, training_step) --
+    def build(self, normals: Any, anomalies: Any, generator: torch.Generator) -> TrainingData:
+        """The training set, its frozen-backbone features (computed once when they fit in 1 GiB) and the
+        standardiser's statistics. Unsupervised with ``normals`` only; supervised when ``anomalies``
+        (a Batch with real defect masks) is given — real masks are OR-ed with the synthetic ones.
+
+        Adaptor and heads keep the weights they have (xavier init from ``seed`` at construction, or
+        an earlier fit); nothing here is random.
+        """
         images, masks, labels = self._training_set(normals, anomalies)
         n = len(images)
         cached = None
         if n * self.channels * self._feature_side() ** 2 * 4 <= 1 << 30:  # frozen backbone: compute once
             cached = torch.cat([self.features(images[i:i + 16]) for i in range(0, n, 16)])
-        masks, labels = masks.to(self.device), labels.to(self.device)
         if self.standardizes:
             stats_from = cached if cached is not None else torch.cat([self.features(images[i:i + 16])
                                                                      for i in range(0, min(n, 64), 16)])
             self.standardizer.fit(stats_from)
+        return TrainingData(images, cached, masks.to(self.device), labels.to(self.device))
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """One AdamW, three groups as the reference: adaptor (lr_adaptor, AdamW's default decay),
+        segmentation head and classification head (lr_heads, weight_decay)."""
+        p = self.params
         groups = [{"params": self.adaptor.parameters(), "lr": p.lr_adaptor},
                   {"params": self.head.seg.parameters(), "lr": p.lr_heads, "weight_decay": p.weight_decay},
                   {"params": [*self.head.dec.parameters(), *self.head.fc.parameters()], "lr": p.lr_heads,
                    "weight_decay": p.weight_decay}]
-        opt = torch.optim.AdamW(groups)
-        sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[int(steps * 0.8), int(steps * 0.9)], gamma=0.4)
-        g = torch.Generator().manual_seed(p.seed)
-        self.adaptor.train()
-        self.head.train()
-        try:
-            for step in range(steps):
-                idx = torch.randperm(n, generator=g)[:p.batch_size]
-                feats = cached[idx] if cached is not None else self.features(images[idx])
-                rngs = rngs_for(resolve_seeds(len(idx), generator=g))
-                synth, mask, label, _ = self.synthesize(self.adapt(feats), rngs, masks[idx], labels[idx])
-                amap, score = self.head(synth)
-                loss = ssn_loss(amap, score, mask, label)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if p.clip_grad:
-                    torch.nn.utils.clip_grad_norm_([*self.adaptor.parameters(), *self.head.parameters()], 1.0)
-                opt.step()
-                sched.step()
-                with torch.no_grad():
-                    on = amap[mask > 0].mean() if bool(mask.any()) else amap.new_tensor(float("nan"))
-                    gap = float(on - amap[mask == 0].mean())
-                info = {"loss": float(loss.detach()), "anomalous_fraction": float(mask.mean()), "map_gap": gap}
-                self.history.append(info)
-                if progress is not None:
-                    progress(step + 1, steps, info)
-        finally:
-            self.adaptor.eval()
-            self.head.eval()
-        self._fitted = True
-        return self
+        return {"adamw": torch.optim.AdamW(groups)}
+
+    def schedulers(self, optimizers: dict[str, torch.optim.Optimizer], steps: int) -> dict[str, Any]:
+        """Step decay ×0.4 at 80 % and 90 % of the steps."""
+        milestones = [int(steps * 0.8), int(steps * 0.9)]
+        return {"adamw": torch.optim.lr_scheduler.MultiStepLR(optimizers["adamw"], milestones=milestones, gamma=0.4)}
+
+    @property
+    def clip_grad_norm(self) -> float | None:
+        """Global gradient norm clipped to 1 when ``clip_grad`` (the supervised preset)."""
+        return 1.0 if self.params.clip_grad else None
+
+    def training_step(self, data: TrainingData, step: int, generator: torch.Generator) -> dict[str, Any]:
+        """A batch drawn without replacement, its synthetic anomalies (per-sample seeds from
+        ``generator``), both heads, the loss. Logs the loss, the anomalous fraction of the mask and
+        ``map_gap`` (mean map inside − outside the mask; only on steps whose mask is not empty)."""
+        p = self.params
+        idx = torch.randperm(len(data.images), generator=generator)[:p.batch_size]
+        feats = data.features[idx] if data.features is not None else self.features(data.images[idx])
+        rngs = rngs_for(resolve_seeds(len(idx), generator=generator))
+        synth, mask, label, _ = self.synthesize(self.adapt(feats), rngs, data.masks[idx], data.labels[idx])
+        amap, score = self.head(synth)
+        loss = ssn_loss(amap, score, mask, label)
+        info: dict[str, Any] = {"loss": loss, "anomalous_fraction": float(mask.mean())}
+        with torch.no_grad():
+            if bool(mask.any()):
+                info["map_gap"] = float(amap[mask > 0].mean() - amap[mask == 0].mean())
+        return info
 
     # -- inference -----------------------------------------------------------------------------
     @torch.no_grad()

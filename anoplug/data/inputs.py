@@ -1,0 +1,170 @@
+"""The input of sample *i* of a run, built one way for the writer, bench, the explorer and replay.
+
+Sample *i* of a run over a source of N normal images reads image ``i % N``; a generator
+that borrows content from a second normal image (``Requires.paired_source``) gets image
+``(i % N + 1) % N`` as ``conditions.source_image``; per-sample conditions the user gave
+(target masks, boxes, a prompt) come from a :class:`ConditionSource` by the same index.
+Nothing depends on the chunk a sample lands in, so its bytes never depend on who asked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from anoplug.data.base import DataError, Dataset
+from anoplug.types import Batch
+
+__all__ = ["ConditionSource", "InMemoryDataset", "sample_inputs", "source_indices"]
+
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+class InMemoryDataset(Dataset):
+    """A :class:`Batch` seen as a dataset (what bench and the explorer hold), so they pair sources as the writer does."""
+
+    def __init__(self, batch: Batch, *, category: str = "", scheme: str = "memory") -> None:
+        self._batch = batch
+        self.category, self.scheme, self.size = category, scheme, batch.size[0]
+
+    def __len__(self) -> int:
+        return len(self._batch)
+
+    def batch(self, indices: Sequence[int]) -> Batch:
+        return self._batch[list(indices)]
+
+
+def source_indices(indices: Sequence[int], n_source: int) -> list[int]:
+    """The source image of each sample index: ``i % N``."""
+    return [int(i) % n_source for i in indices]
+
+
+@dataclass
+class ConditionSource:
+    """Per-sample conditions given by the user, indexed by sample number (files are cycled).
+
+    - ``masks``: a folder of mask images (sorted by name; sample *i* takes file ``i % n``),
+      resized with nearest neighbour and binarised at 128;
+    - ``boxes``: a JSON file holding one list of ``[label, x1, y1, x2, y2]`` per sample
+      (cycled), corners normalised to [0, 1];
+    - ``prompt``: one prompt for every sample.
+    """
+
+    masks: str | Path | None = None
+    boxes: str | Path | None = None
+    prompt: str | None = None
+    _mask_files: list[Path] = field(default_factory=list, init=False, repr=False)
+    _box_rows: list[list] = field(default_factory=list, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.masks is not None:
+            d = Path(self.masks)
+            if not d.is_dir():
+                raise DataError(f"--masks {d}: not a directory of mask images")
+            self._mask_files = sorted(p for p in d.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)
+            if not self._mask_files:
+                raise DataError(f"--masks {d}: no mask images ({', '.join(_IMAGE_SUFFIXES)})")
+        if self.boxes is not None:
+            f = Path(self.boxes)
+            if not f.is_file():
+                raise DataError(f"--boxes {f}: file not found")
+            try:
+                rows = json.loads(f.read_text(encoding="utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise DataError(f"--boxes {f}: not valid JSON ({e})") from e
+            if not isinstance(rows, list) or not rows or not all(isinstance(r, list) for r in rows):
+                raise DataError(f"--boxes {f}: expected a JSON list with one list of boxes per sample")
+            for i, row in enumerate(rows):
+                for b in row:
+                    if not (isinstance(b, list) and len(b) == 5 and all(isinstance(v, (int, float)) for v in b[1:])):
+                        raise DataError(f"--boxes {f}: sample {i}: each box is [label, x1, y1, x2, y2], got {b!r}")
+            self._box_rows = [[tuple(b) for b in row] for row in rows]
+        if self.prompt is not None and not self.prompt.strip():
+            raise DataError("--prompt: empty prompt")
+
+    def __bool__(self) -> bool:
+        return self.masks is not None or self.boxes is not None or self.prompt is not None
+
+    def names(self) -> tuple[str, ...]:
+        """The condition fields this source sets."""
+        return tuple(n for n, v in (("target_mask", self.masks), ("boxes", self.boxes), ("prompt", self.prompt))
+                     if v is not None)
+
+    def identity(self) -> dict[str, Any]:
+        """What decides the conditions (file contents by hash), for a run's identity."""
+        out: dict[str, Any] = {}
+        if self.masks is not None:
+            h = hashlib.sha256()
+            for p in self._mask_files:
+                h.update(p.name.encode() + b"\0" + p.read_bytes())
+            out["masks"] = {"dir": str(self.masks), "files": len(self._mask_files), "sha256": h.hexdigest()[:16]}
+        if self.boxes is not None:
+            out["boxes"] = {"file": str(self.boxes), "sha256": hashlib.sha256(Path(self.boxes).read_bytes()).hexdigest()[:16]}
+        if self.prompt is not None:
+            out["prompt"] = self.prompt
+        return out
+
+    def for_sample(self, i: int) -> dict[str, Any]:
+        """The manifest's note of sample *i*'s conditions (file name, boxes, prompt)."""
+        out: dict[str, Any] = {}
+        if self._mask_files:
+            out["target_mask"] = self._mask_files[i % len(self._mask_files)].name
+        if self._box_rows:
+            out["boxes"] = [list(b) for b in self._box_rows[i % len(self._box_rows)]]
+        if self.prompt is not None:
+            out["prompt"] = self.prompt
+        return out
+
+    def conditions(self, indices: Sequence[int], size: tuple[int, int]) -> dict[str, Any]:
+        """Keyword conditions for ``Batch.with_conditions`` of samples ``indices`` at image ``size``."""
+        from PIL import Image
+
+        from anoplug.types import load_image
+
+        out: dict[str, Any] = {}
+        if self._mask_files:
+            h, w = size
+            masks = []
+            for i in indices:
+                path = self._mask_files[int(i) % len(self._mask_files)]
+                m = load_image(path, mode="L")
+                if m.shape != (h, w):
+                    m = np.asarray(Image.fromarray(m).resize((w, h), Image.NEAREST))
+                masks.append(m >= 128)
+            out["target_mask"] = torch.from_numpy(np.stack(masks).astype(np.float32))[:, None]
+        if self._box_rows:
+            out["boxes"] = [list(self._box_rows[int(i) % len(self._box_rows)]) for i in indices]
+        if self.prompt is not None:
+            out["prompt"] = [self.prompt] * len(indices)
+        return out
+
+
+def sample_inputs(generator: Any, source: Dataset, indices: Sequence[int],
+                  conditions: ConditionSource | None = None) -> Batch:
+    """The input batch of samples ``indices``: source images, paired sources and user conditions."""
+    n = len(source)
+    if n < 1:
+        raise DataError(f"source dataset {source!r} is empty")
+    src_idx = source_indices(indices, n)
+    batch = source.batch(src_idx)
+    kw: dict[str, Any] = {}
+    requires = generator.requires
+    if requires.paired_source:
+        pair = source.batch([(j + 1) % n for j in src_idx])
+        kw["source_image"] = pair.image
+        if pair.object_mask is not None:
+            kw["source_object_mask"] = pair.object_mask
+    if conditions:
+        unused = [c for c in conditions.names() if c not in requires.uses]
+        if unused:
+            raise DataError(f"{generator.name} does not use conditions.{unused[0]} "
+                            f"(it uses: {', '.join(requires.uses) or 'none'})")
+        kw.update(conditions.conditions(indices, batch.size))
+    return batch.with_conditions(**kw) if kw else batch
