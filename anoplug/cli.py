@@ -165,13 +165,23 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise UserError(f"--size must be in [16, 4096], got {args.size}")
     if args.seed < 0:
         raise UserError(f"--seed must be non-negative, got {args.seed}")
+    if args.replay:
+        return _replay(args)
+    if not args.name or not args.data:
+        raise UserError("generate needs a generator NAME and --data (or --replay MANIFEST)")
     gen = _build_generator(args.name, args.param, args.load)
     from anoplug.data import open_dataset
+    from anoplug.data.inputs import ConditionSource
     from anoplug.data.writer import write_generated
 
     if gen.level != "image":
         raise UserError(f"{args.name} is a feature-level method: it produces no images to write "
                         "(use it through its detector, see `anoplug info`)")
+    conditions = ConditionSource(masks=args.masks, boxes=args.boxes, prompt=args.prompt)
+    for name in gen.requires.conditions:
+        if name not in conditions.names() and not (name == "source_image" and gen.requires.paired_source):
+            flag = {"target_mask": "--masks DIR", "boxes": "--boxes FILE", "prompt": "--prompt TEXT"}.get(name, name)
+            raise UserError(f"{args.name} needs conditions.{name}: pass {flag}")
     source = open_dataset(args.data, split="train", size=args.size)
     if gen.requires.fit and not gen.is_fitted:
         if not args.fit:
@@ -180,8 +190,25 @@ def cmd_generate(args: argparse.Namespace) -> int:
         gen.fit(source.all(), steps=args.fit_steps)
         print(f"fitted {args.name} in {time.perf_counter() - t0:.1f} s")
     summary = write_generated(gen, source, args.out, n=args.n, seed=args.seed, batch_size=args.batch_size,
-                              n_train=args.n_train, progress=not args.quiet)
+                              n_train=args.n_train, progress=not args.quiet, conditions=conditions or None,
+                              data=args.data)
     print(f"wrote {summary.written} new samples ({summary.skipped} already present) to {summary.root}")
+    print(f"manifest: {summary.manifest}")
+    return 0
+
+
+def _replay(args: argparse.Namespace) -> int:
+    """``generate --replay MANIFEST --out DIR``: the run's generator, data and draws come from the manifest."""
+    from anoplug.data.writer import replay_manifest
+
+    given = [flag for flag, v in (("NAME", args.name), ("--data", args.data), ("--param", args.param),
+                                  ("--masks", args.masks), ("--boxes", args.boxes), ("--prompt", args.prompt),
+                                  ("--fit", args.fit)) if v]
+    if given:
+        raise UserError(f"--replay takes everything from the manifest; drop {', '.join(given)}")
+    summary = replay_manifest(args.replay, args.out, load=args.load, batch_size=args.batch_size,
+                              progress=not args.quiet)
+    print(f"replayed {summary.written} samples ({summary.skipped} already present) to {summary.root}")
     print(f"manifest: {summary.manifest}")
     return 0
 
@@ -269,9 +296,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argpars
     sp = sub.add_parser("datasets", help="dataset schemes and the embedded toy categories")
     handlers["datasets"] = cmd_datasets
 
-    sp = sub.add_parser("generate", help="write an MVTec-layout anomaly dataset")
-    sp.add_argument("name", help="generator name (see `anoplug list`)")
-    sp.add_argument("--data", required=True, help="toy:CATEGORY | mvtec:PATH/CATEGORY | visa:PATH/CATEGORY | folder:PATH")
+    sp = sub.add_parser("generate", help="write an MVTec-layout anomaly dataset (or replay one from its manifest)")
+    sp.add_argument("name", nargs="?", help="generator name (see `anoplug list`)")
+    sp.add_argument("--data", help="toy:CATEGORY | mvtec:PATH/CATEGORY | visa:PATH/CATEGORY | folder:PATH")
     sp.add_argument("--out", required=True, help="output directory")
     sp.add_argument("-n", type=int, default=100, help="number of generated samples (default 100)")
     sp.add_argument("--seed", type=int, default=0, help="master seed; sample i is seeded from (seed, i)")
@@ -282,6 +309,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argpars
     sp.add_argument("--load", help="load a saved (fitted) generator from this directory")
     sp.add_argument("--fit", action="store_true", help="fit a learned generator on --data first")
     sp.add_argument("--fit-steps", type=int, default=None)
+    sp.add_argument("--masks", metavar="DIR", help="target masks, one image per sample (sorted, cycled): where defects go")
+    sp.add_argument("--boxes", metavar="FILE", help="JSON list with one list of [label, x1, y1, x2, y2] per sample (cycled)")
+    sp.add_argument("--prompt", metavar="TEXT", help="text prompt for every sample")
+    sp.add_argument("--replay", metavar="MANIFEST", help="regenerate the dataset of this manifest from its recorded draws")
     sp.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     handlers["generate"] = cmd_generate
 
@@ -300,12 +331,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argpars
     sp.add_argument("--category", default="cutpaste")
     handlers["new-plugin"] = cmd_new_plugin
 
-    try:
-        from anoplug import cli_bench
-    except ImportError:
-        cli_bench = None
-    if cli_bench is not None:
-        handlers.update(cli_bench.add_commands(sub))
+    # Plugins add their own verbs (anoplug-asbench: bench, evaluate); a failing one shows in `anoplug plugins`.
+    handlers.update(_registry().add_commands(sub))
     return p, handlers
 
 

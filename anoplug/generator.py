@@ -9,7 +9,6 @@ the batch size, fast kernels, and provenance for free (sampled parameters go to 
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -205,27 +204,14 @@ class Generator:
             if len(samples) != len(batch):
                 raise ValueError(f"samples has {len(samples)} records for {len(batch)} images")
         per_sample = resolve_seeds(len(batch), generator=generator, seed=seed, seeds=seeds)
-        from anoplug import registry  # local: registry imports this module
-
-        hook = registry.active_hooks()
-        pdict = self.params.model_dump(mode="json")
-        t0 = time.perf_counter()
-        if hook is not None:
-            hook.anoplug_before_generate(spec=self, params=pdict, n_images=len(batch))
-        try:
-            out, drawn = self.generate_batch(batch.to(self.device), rngs_for(per_sample), samples)
-            out.validate(values=False)  # structure only; the conformance kit checks values
-        except Exception as e:
-            if hook is not None:
-                hook.anoplug_on_generate_error(spec=self, params=pdict, error=e)
-            raise
+        out, drawn = self.generate_batch(batch.to(self.device), rngs_for(per_sample), samples)
+        out.validate(values=False)  # structure only; the conformance kit checks values
         if len(drawn) != len(out):
             raise RuntimeError(f"{self.name}: {len(drawn)} sample records for {len(out)} outputs")
         out.conditions = batch.conditions  # the output answers what was asked of the input
+        pdict = self.params.model_dump(mode="json")
         for i, m in enumerate(out.meta):
             m.update(method=self.name, method_version=self.version, params=pdict, seed=per_sample[i], sample=drawn[i])
-        if hook is not None:
-            hook.anoplug_after_generate(spec=self, params=pdict, batch=out, seconds=time.perf_counter() - t0)
         return out
 
     @property

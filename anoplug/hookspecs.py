@@ -1,13 +1,13 @@
 """The anoplug hook specifications (pluggy project name ``"anoplug"``).
 
-Hooks only *register* things or *observe* events; behaviour lives on the registered
-objects. Every hook below is documented under its exact signature in
+Hooks only *register* things (generators, evaluators, datasets, CLI verbs); behaviour
+lives on the registered objects. Every hook below is documented under its exact signature in
 ``docs/plugin_hooks.md`` (``tests/test_docs.py`` enforces it).
 """
 
 from __future__ import annotations
 
-from typing import Any
+import argparse
 
 import pluggy
 
@@ -30,29 +30,11 @@ def anoplug_datasets() -> list:
     """Return a list of :class:`anoplug.specs.DatasetSpec` this plugin provides."""
 
 
-@hookspec(historic=True)
-def anoplug_configure(config: dict) -> None:
-    """Receive the host configuration (device, cache dir, smoke mode) once it is known.
+@hookspec
+def anoplug_commands(subparsers: argparse._SubParsersAction) -> None:
+    """Add CLI verbs: ``sp = subparsers.add_parser(NAME, ...)`` and ``sp.set_defaults(handler=FUNC)``.
 
-    Historic: a plugin registered later still receives the call.
+    ``FUNC(args: argparse.Namespace) -> int`` runs the verb and returns the exit status. A
+    plugin whose registration raises, or adds a verb without a handler, is recorded as
+    failing (``anoplug plugins``); the other verbs keep working.
     """
-
-
-@hookspec(firstresult=True)
-def anoplug_make_explorer(spec: Any, images: Any, fixed: dict) -> Any:
-    """Return a custom widget explorer for ``spec`` or ``None`` to use the automatic one."""
-
-
-@hookspec
-def anoplug_before_generate(spec: Any, params: dict, n_images: int) -> None:
-    """Observe the start of a generation call."""
-
-
-@hookspec
-def anoplug_after_generate(spec: Any, params: dict, batch: Any, seconds: float) -> None:
-    """Observe a finished generation call and its result ``batch``."""
-
-
-@hookspec
-def anoplug_on_generate_error(spec: Any, params: dict, error: BaseException) -> None:
-    """Observe a failed generation call (the error is re-raised afterwards)."""

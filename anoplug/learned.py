@@ -160,7 +160,7 @@ class Trainable:
         finally:
             self._fitted = was
         store: dict[str, torch.Tensor] = {}
-        state = {"step": step, "total": total, "history": self.history,
+        state = {"step": step, "total": total, "history": pack(self.history),
                  "optimizers": {k: pack(o.state_dict(), store, prefix=f"opt/{k}") for k, o in opts.items()},
                  "schedulers": {k: pack(s.state_dict(), store, prefix=f"sched/{k}") for k, s in scheds.items()},
                  "generator": pack(g.get_state(), store, prefix="generator", inline_max=0)}
@@ -200,7 +200,7 @@ class Trainable:
             s.load_state_dict({key: type(current[key])(v) if isinstance(current.get(key), dict) else v
                                for key, v in restored.items()})
         g.set_state(unpack(state["generator"], store))
-        self.history = list(state["history"])
+        self.history = list(unpack(state["history"]))
         return int(state["step"])
 
 

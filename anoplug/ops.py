@@ -1,10 +1,14 @@
-"""Small tensor operations several methods share (one copy each, not one per plugin)."""
+"""Small operations several methods share (one copy each, not one per plugin), and :func:`as_batch`,
+the one way every entry point (``fit``, detectors, explorers) turns its input into a :class:`Batch`."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -34,13 +38,42 @@ def gaussian_blur(x: torch.Tensor, sigma: float = 4.0) -> torch.Tensor:
     return F.conv2d(x, w.view(1, 1, k, 1).expand(c, 1, k, 1), groups=c)
 
 
-def as_batch(data: Any, what: str) -> Batch:
-    """Accept a :class:`Batch` or an anoplug ``Dataset`` (all of it) where training data is expected."""
+def as_batch(data: Any, what: str = "images", *, n: int | None = None, size: int | None = None,
+             default: Any = None) -> Batch:
+    """Turn what a user has at hand into a :class:`Batch`; ``what`` names the argument in the error.
+
+    Accepted: a ``Batch`` (as is); an anoplug ``Dataset`` or a ``"toy:fabric"``-style source
+    string (train split at ``size``; its first ``n`` samples, all when ``n`` is None); an image
+    path or a list of paths; a uint8 HWC array or a list of them; a list of PIL images; a
+    ``[3,H,W]`` or ``[B,3,H,W]`` float tensor in [0, 1]. ``None`` means ``default`` (e.g.
+    ``"toy:fabric"``) when one is given.
+    """
+    if data is None and default is not None:
+        data = default
     if isinstance(data, Batch):
         return data
-    if hasattr(data, "all") and hasattr(data, "batch"):
-        return data.all()
-    raise TypeError(f"{what} must be an anoplug.Batch or Dataset, got {type(data).__name__}")
+    if isinstance(data, str) and ":" in data and not Path(data).exists():
+        from anoplug.data import open_dataset
+
+        data = open_dataset(data, split="train", **({"size": size} if size else {}))
+    if hasattr(data, "batch") and hasattr(data, "__len__"):  # an anoplug Dataset
+        return data.batch(range(len(data) if n is None else min(n, len(data))))
+    if isinstance(data, torch.Tensor):
+        return Batch(image=(data[None] if data.ndim == 3 else data).float())
+    if isinstance(data, np.ndarray):
+        return Batch.from_numpy(data)
+    if isinstance(data, (str, Path)):
+        return Batch.from_paths([data])
+    if isinstance(data, Sequence) and not isinstance(data, str) and data:
+        first = data[0]
+        if isinstance(first, (str, Path)):
+            return Batch.from_paths(list(data))
+        if isinstance(first, np.ndarray):
+            return Batch.from_numpy(list(data))
+        if hasattr(first, "convert"):  # PIL images
+            return Batch.from_pil(list(data))
+    raise TypeError(f"{what}: cannot make an anoplug.Batch from {type(data).__name__}; pass a Batch, a dataset, "
+                    "'toy:CATEGORY', image paths, uint8 arrays, PIL images or a [B,3,H,W] tensor")
 
 
 @torch.no_grad()

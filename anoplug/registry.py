@@ -1,8 +1,9 @@
 """The plugin registry: one pluggy manager, isolated loading, name lookup.
 
 Each entry point of group ``anoplug`` is loaded in its own try/except and each
-hookimpl is called individually, so one broken plugin is recorded (and shown by
-``anoplug plugins``) but never breaks the host. ``ANOPLUG_STRICT_PLUGINS=1`` re-raises.
+hookimpl is called individually (the CLI-verb hook too, when the parser is built), so one
+broken plugin is recorded (and shown by ``anoplug plugins``) but never breaks the host.
+``ANOPLUG_STRICT_PLUGINS=1`` re-raises.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import importlib.metadata as md
 import os
 import traceback
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -206,7 +208,7 @@ class Registry:
         if st is not None:
             for kind, names in st.provides.items():
                 for n in names:
-                    self._tables[kind].pop(n, None)
+                    self._tables.get(kind, {}).pop(n, None)  # "commands" live on the parser, not in a table
         if self.pm.get_plugin(name) is not None:
             self.pm.unregister(name=name)
 
@@ -244,8 +246,41 @@ class Registry:
     def hook(self) -> Any:
         return self.pm.hook
 
-    def configure(self, config: dict) -> None:
-        self.pm.hook.anoplug_configure.call_historic(kwargs={"config": config})
+    # -- CLI verbs ------------------------------------------------------------------------
+    def add_commands(self, subparsers: Any) -> dict[str, Callable[[Any], int]]:
+        """Let every plugin add its verbs to ``subparsers`` (``anoplug_commands``); returns verb -> handler.
+
+        Each implementation runs on its own. One that raises, adds a verb without a
+        ``handler`` default, or replaces a verb that exists is recorded on its plugin's status
+        (``anoplug plugins``); the verbs it did add then answer with that error, and every
+        other verb works as before.
+        """
+        handlers: dict[str, Callable[[Any], int]] = {}
+        for impl in self.pm.hook.anoplug_commands.get_hookimpls():
+            name = self.pm.get_name(impl.plugin) or repr(impl.plugin)
+            st = self.status.setdefault(name, PluginStatus(name=name))
+            before = dict(subparsers.choices)
+            added: list[str] = []
+            try:
+                impl.function(subparsers=subparsers)
+                added = [v for v in subparsers.choices if v not in before]
+                replaced = [v for v, parser in before.items() if subparsers.choices.get(v) is not parser]
+                if replaced:
+                    subparsers.choices.update({v: before[v] for v in replaced})
+                    raise PluginError(f"command {replaced[0]!r} already exists")
+                mine = {v: subparsers.choices[v].get_default("handler") for v in added}
+                missing = [v for v, h in mine.items() if not callable(h)]
+                if missing:
+                    raise PluginError(f"command {missing[0]!r} has no handler: call set_defaults(handler=FUNC) on its parser")
+            except Exception as e:
+                added = added or [v for v in subparsers.choices if v not in before]
+                self._fail(st, e)
+                handlers.update({v: _failed_command(v, st) for v in added})
+                continue
+            handlers.update(mine)
+            if added:
+                st.provides["commands"] = added
+        return handlers
 
 
 def _host_version() -> str:
@@ -272,6 +307,13 @@ def set_registry(reg: Registry | None) -> Registry | None:
     return old
 
 
-def active_hooks() -> Any:
-    """The hook relay of the registry if one was built, else ``None`` (no side effects)."""
-    return None if _registry is None else _registry.pm.hook
+def _failed_command(verb: str, st: PluginStatus) -> Callable[[Any], int]:
+    def handler(args: Any) -> int:
+        raise PluginError(f"command {verb!r} of plugin {st.name!r} failed to register: {st.error}")
+
+    return handler
+
+
+def active_hooks() -> None:
+    """Transitional, always ``None``: the generate-observer hooks are gone. Delete with its caller in generator.py."""
+    return None

@@ -312,6 +312,10 @@ class GeneratorConformance(_Base):
         seeds = [m["seed"] for m in output.meta] if self.replay_needs_seeds else [7] * len(batch)
         again = gen.generate(batch, seeds=seeds, samples=records)
         assert _bytes(again) == _bytes(output), "replaying the draw records gave other bytes"
+        ids = [2, 1] if len(batch) > 2 else [0]  # a record must not depend on its position in the batch
+        part = gen.generate(batch[ids], seeds=[seeds[i] for i in ids], samples=records.select(ids))
+        assert part.mask.numpy().tobytes() == output.mask[ids].numpy().tobytes(), "replay in another batch: other mask"
+        assert (part.image - output.image[ids]).abs().max() <= 1e-5, "replay in another batch: other image"
 
     def test_input_not_modified(self, gen: Any) -> None:
         b = self.make_batch()

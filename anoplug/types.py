@@ -182,6 +182,11 @@ class Batch:
         cond.validate(len(self), self.size)
         return self._replace_trusted(conditions=cond)
 
+    def keep_conditions(self, names: Sequence[str]) -> Batch:
+        """This batch with only the conditions in ``names`` (what a member of a mixture reads)."""
+        kept = self.conditions.replace(**{n: None for n in self.conditions.present() if n not in names})
+        return self._replace_trusted(conditions=kept)
+
     @property
     def samples(self) -> Any:
         """The draw records of a generated batch (``meta[i]["sample"]``): pass to ``generate(samples=)`` to replay."""

@@ -11,9 +11,6 @@ callback never fails nbval or papermill, and ``interact_manual`` never runs on
 construction. So every explorer computes once when built, keeps the last result and error
 on the object (``explorer.result`` / ``explorer.error``) for a plain cell to assert on, shows
 errors in the UI, and re-raises them when ``ANOPLUG_STRICT=1``.
-
-A plugin can supply its own explorer through the ``anoplug_make_explorer`` hook (first
-non-``None`` answer wins).
 """
 
 from __future__ import annotations
@@ -36,6 +33,8 @@ import ipywidgets as W
 import numpy as np
 import torch
 
+from anoplug.data.base import Dataset
+from anoplug.data.inputs import InMemoryDataset, sample_inputs
 from anoplug.params import ParamError, Params, coerce_value, describe_field
 from anoplug.types import Batch
 
@@ -234,6 +233,23 @@ def as_batch(images: Any, n: int = 4, size: int = 128) -> Batch:
                     "'toy:CATEGORY', image paths, uint8 arrays, PIL images or a [B,3,H,W] tensor")
 
 
+def explorer_source(images: Any, n: int = 4, size: int = 128) -> tuple[Dataset, int]:
+    """(source dataset, how many of its images to show): a dataset stays a dataset, so a paired-source
+    method borrows from the same neighbour as in ``anoplug generate``; anything else becomes one."""
+    if images is None or (isinstance(images, str) and ":" in images and not Path(images).exists()):
+        try:
+            from anoplug.data import open_dataset
+
+            ds = open_dataset(images or "toy:fabric", split="train", size=size)
+            return ds, min(n, len(ds))
+        except ImportError:  # toy dataset missing in this build: the kit's synthetic textures
+            pass
+    if isinstance(images, Dataset):
+        return images, min(n, len(images))
+    b = as_batch(images, n=n, size=size)
+    return InMemoryDataset(b), len(b)
+
+
 def _png(array: np.ndarray) -> bytes:
     """PNG bytes of an HWC uint8 array."""
     from PIL import Image
@@ -282,7 +298,9 @@ class Explorer(W.VBox):
         if unknown:
             raise ParamError(f"unknown parameter {unknown[0]!r} for {cls.name}; known: {', '.join(self.params_cls.model_fields)}")
         self.conditions = dict(conditions or {})
-        self.images = as_batch(images, n=n, size=size)
+        self.source, count = explorer_source(images, n=n, size=size)
+        self.indices = list(range(count))
+        self.images = self.source.batch(self.indices)
         self.manual = _is_slow(cls, spec) if manual is None else bool(manual)
         self.cache = LRUCache(cache_size)
         self.result: Batch | None = None
@@ -349,7 +367,12 @@ class Explorer(W.VBox):
         gen = self.make_generator(values)
         if getattr(gen, "level", "image") == "feature":
             return _feature_preview(gen, self.images, seed)
-        return gen.generate(self.images, seed=seed, **self.conditions)
+        return gen.generate(self.inputs(gen), seed=seed)
+
+    def inputs(self, gen: Any) -> Batch:
+        """What ``gen`` gets: sample *i* is built as the writer builds it (paired source included)."""
+        batch = sample_inputs(gen, self.source, self.indices)
+        return batch.with_conditions(**self.conditions) if self.conditions else batch
 
     def update(self) -> Batch:
         """Regenerate (or fetch from the cache) with the current values and redraw; raises on error."""
@@ -438,9 +461,9 @@ def explore(name: Any, images: Any = None, *, seed: int = 0, n: int = 4, size: i
     """An interactive explorer for generator ``name`` (a registered name, a class, or a fitted instance).
 
     ``fixed`` parameters get no control; ``show`` limits the controls to those names (the
-    others keep their defaults); ``conditions`` are passed to ``generate``; ``evaluators``
-    (per-sample ones, e.g. ``"mask-precision"``) score every result in the status line. A
-    plugin's ``anoplug_make_explorer`` hook may return its own explorer instead.
+    others keep their defaults); ``conditions`` (``Batch.with_conditions`` keywords) ride on the
+    images; ``evaluators``
+    (per-sample ones, e.g. ``"mask-precision"``) score every result in the status line.
     """
     from anoplug.registry import get_registry
 
@@ -448,9 +471,6 @@ def explore(name: Any, images: Any = None, *, seed: int = 0, n: int = 4, size: i
     spec = None
     if isinstance(name, str):
         spec = reg.spec("generators", name)
-        custom = reg.hook.anoplug_make_explorer(spec=spec, images=images, fixed=fixed)
-        if custom is not None:
-            return custom
         target: Any = reg.generator_class(name)
         if target.requires.fit:
             raise ValueError(f"{name!r} is a learned method: fit or load it first and pass the instance, "
@@ -471,7 +491,9 @@ class Comparison(W.VBox):
 
         if not methods:
             raise ValueError("compare: give at least one method")
-        self.images = as_batch(images, n=n, size=size)
+        self.source, count = explorer_source(images, n=n, size=size)
+        self.indices = list(range(count))
+        self.images = self.source.batch(self.indices)
         reg = get_registry()
         self.generators: dict[str, Any] = {}
         for m in methods:
@@ -500,7 +522,8 @@ class Comparison(W.VBox):
 
         t0 = time.perf_counter()
         seed = int(self.seed.value)
-        results = {k: g.generate(self.images, seed=seed) for k, g in self.generators.items()}
+        results = {k: g.generate(sample_inputs(g, self.source, self.indices), seed=seed)
+                   for k, g in self.generators.items()}
         cols = [c for i in range(len(self.images)) for c in (f"generated {i}", f"overlay {i}")]
         rows = [[t for tri in viz.triplets(self.images, out, with_overlay=True) for t in (tri[1], tri[3])]
                 for out in results.values()]

@@ -52,10 +52,9 @@ OUT = "../out/notebooks/bench"  # ignored by git
 import json
 from pathlib import Path
 
+from anoplug_asbench.bench import BenchConfig, run_bench
 from IPython.display import Image as ShowImage
 from IPython.display import Markdown, display
-
-from anoplug.bench import BenchConfig, run_bench
 
 cfg = BenchConfig(generators=GENERATORS, data=[f"toy:{c}" for c in CATEGORIES], seeds=SEEDS, out=OUT, size=SIZE,
                   n_train=N_TRAIN, n_synthetic=N_SYNTHETIC, use_cache=False,

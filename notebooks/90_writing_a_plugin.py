@@ -118,9 +118,9 @@ print(anoplug.list_generators("cutpaste"))
 # ## 3. Run it once and check the result (a plain cell: errors here fail CI)
 
 # %%
-from anoplug.widgets import as_batch
+from anoplug.ops import as_batch
 
-images = as_batch(None, n=N_IMAGES, size=SIZE)  # the embedded toy data: no download
+images = as_batch("toy:fabric", n=N_IMAGES, size=SIZE)  # the embedded toy data: no download
 gen = anoplug.get_generator("scratch", width=3.0)
 out = gen.generate(images, seed=SEED)
 

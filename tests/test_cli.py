@@ -42,7 +42,7 @@ def test_info_shows_paper_params_and_ranges(capsys):
     (["generate", "draem", "--data", "toy:metal", "--out", "x", "-p", "probability"], "NAME=VALUE"),
     (["generate", "draem", "--data", "nowhere:metal", "--out", "x"], "unknown data source 'nowhere:metal'"),
     (["generate", "draem", "--data", "toy:metal", "--out", "x", "-n", "0"], "-n must be at least 1"),
-    (["list", "--category", "magic"], "unknown category 'magic'"),
+    (["list", "--category", "magic"], "unknown category or tag 'magic'"),
 ])
 def test_user_errors_exit_2_with_one_line(capsys, argv, needle):
     code, out, err = run(capsys, *argv)

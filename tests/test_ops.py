@@ -1,11 +1,11 @@
-"""Shared tensor operations: the HSV adjustment CutPaste's jitter and DRAEM's augmenter both use."""
+"""Shared operations: the HSV adjustment CutPaste's jitter and DRAEM's augmenter both use, and ``as_batch``."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from anoplug.ops import hsv_adjust
+from anoplug.ops import as_batch, hsv_adjust
 
 
 @pytest.mark.parametrize("shift", [0.0, 0.07, -0.31, 0.5])
@@ -29,3 +29,34 @@ def test_hsv_saturation_shift_is_clamped_and_scale_free() -> None:
     assert float(full.amin(1).abs().max()) < 1e-6
     on_255 = hsv_adjust(x * 255, 0.1, 0.2)  # the same on the 0-255 scale
     assert (on_255 / 255 - hsv_adjust(x, 0.1, 0.2)).abs().max() < 1e-5
+
+
+def test_as_batch_accepts_what_users_have(tmp_path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from anoplug.data.toy import ToyDataset
+    from anoplug.types import Batch
+
+    ds = ToyDataset("metal", "train", size=32, length=5)
+    whole = as_batch(ds, "normals")
+    assert len(whole) == 5 and as_batch(whole) is whole
+    assert len(as_batch(ds, n=3)) == 3
+    toy = as_batch("toy:fabric", n=2, size=32)
+    assert len(toy) == 2 and toy.size == (32, 32)
+    assert len(as_batch(None, n=2, size=32, default="toy:fabric")) == 2
+    arr = (np.random.default_rng(0).random((2, 16, 16, 3)) * 255).astype(np.uint8)
+    assert as_batch(arr).image.shape == (2, 3, 16, 16)
+    assert as_batch(list(arr)).image.shape == (2, 3, 16, 16)
+    pil = [Image.fromarray(a) for a in arr]
+    assert as_batch(pil).image.shape == (2, 3, 16, 16)
+    paths = [tmp_path / f"{i}.png" for i in range(2)]
+    for im, path in zip(pil, paths):
+        im.save(path)
+    assert as_batch(paths).image.shape == (2, 3, 16, 16) and len(as_batch(str(paths[0]))) == 1
+    t = torch.rand(3, 16, 16)
+    assert isinstance(as_batch(t), Batch) and as_batch(t).image.shape == (1, 3, 16, 16)
+    with pytest.raises(TypeError, match="^normals: cannot make an anoplug.Batch from NoneType"):
+        as_batch(None, "normals")
+    with pytest.raises(TypeError, match="^test: .*from int"):
+        as_batch(3, "test")

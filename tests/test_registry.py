@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 
 import pytest
@@ -103,37 +104,53 @@ def test_load_and_disable_switches(tmp_path, monkeypatch):
     assert "draem" not in reg.specs("generators") and "fakeok" in reg.specs("generators")
 
 
-def test_observer_hooks_fire(tmp_plugin):
-    events = []
+class _Verbs:
+    """A plugin adding CLI verbs through ``anoplug_commands``; ``broken`` makes its registration fail."""
 
-    class Observer:
-        @hookimpl
-        def anoplug_before_generate(self, spec, params, n_images):
-            events.append(("before", spec.name, n_images))
+    def __init__(self, broken=""):
+        self.broken = broken
 
-        @hookimpl
-        def anoplug_after_generate(self, spec, params, batch, seconds):
-            events.append(("after", len(batch)))
+    @hookimpl
+    def anoplug_commands(self, subparsers):
+        sp = subparsers.add_parser("hello", help="say hello")
+        sp.add_argument("--who", default="world")
+        if self.broken == "raise":
+            raise RuntimeError("boom in add_commands")
+        if self.broken == "no-handler":
+            return
+        if self.broken == "steal":
+            subparsers.add_parser("list")  # a host verb
+        sp.set_defaults(handler=lambda args: print(f"hello {args.who}") or 0)
 
-    tmp_plugin(Observer(), "observer")
+
+def test_plugin_adds_a_cli_verb(tmp_plugin, anoplug_pm, capsys):
+    from anoplug.cli import main
+
+    tmp_plugin(_Verbs(), "verbs")
+    assert main(["hello", "--who", "plugins"]) == 0
+    assert capsys.readouterr().out == "hello plugins\n"
+    assert anoplug_pm.status["verbs"].provides["commands"] == ["hello"] and anoplug_pm.status["verbs"].ok
+
+
+@pytest.mark.parametrize("broken, needle", [("raise", "boom in add_commands"), ("no-handler", "has no handler"),
+                                            ("steal", "conflicting subparser: list|'list' already exists")])
+def test_failing_command_registration_is_recorded_and_the_cli_works(broken, needle, tmp_plugin, anoplug_pm, capsys,
+                                                                    monkeypatch):
+    from anoplug.cli import main
+
+    monkeypatch.delenv("ANOPLUG_STRICT_PLUGINS", raising=False)
+    tmp_plugin(_Verbs(broken), "verbs")
     tmp_plugin(_One("draem"), "gen")
-    from anoplug.testing import make_toy_batch
-
-    anoplug.get_generator("draem", texture_source="perlin").generate(make_toy_batch(2, 16), seed=0)
-    assert events == [("before", "draem", 2), ("after", 2)]
-
-
-def test_configure_is_historic(anoplug_pm):
-    seen = []
-
-    class Late:
-        @hookimpl
-        def anoplug_configure(self, config):
-            seen.append(config["device"])
-
-    anoplug_pm.configure({"device": "cpu"})
-    anoplug_pm.register(Late(), "late")
-    assert seen == ["cpu"]
+    assert main(["list"]) == 0 and "draem" in capsys.readouterr().out  # host verbs keep working
+    st = anoplug_pm.status["verbs"]
+    assert not st.ok and re.search(needle, st.error)
+    assert "commands" not in st.provides
+    assert main(["plugins"]) == 0 and re.search(needle, capsys.readouterr().out)
+    code = main(["hello"])  # the verb it did add reports the registration error
+    assert code == 1 and "failed to register" in capsys.readouterr().err
+    monkeypatch.setenv("ANOPLUG_STRICT_PLUGINS", "1")
+    with pytest.raises(PluginError, match=needle):
+        main(["list"])
 
 
 def test_importing_anoplug_does_not_import_torch():

@@ -138,16 +138,6 @@ def test_manual_mode_waits_for_the_button(square):
     assert ex.calls == 2 and ex.result.meta[0]["params"]["side"] == 0.55
 
 
-def test_plugin_supplied_explorer_wins(square, tmp_plugin):
-    class CustomExplorer:
-        @hookimpl
-        def anoplug_make_explorer(self, spec, images, fixed):
-            return ("custom", spec.name, fixed) if spec.name == "test-square" else None
-
-    tmp_plugin(CustomExplorer(), "custom-explorer")
-    assert explore("test-square", square, side=0.2) == ("custom", "test-square", {"side": 0.2})
-
-
 def test_learned_method_by_name_says_fit_first(tmp_plugin):
     class Learned(Square):
         name = "test-learned"

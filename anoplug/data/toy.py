@@ -33,7 +33,7 @@ from PIL import Image
 
 from anoplug.data import toy_defects as D
 from anoplug.data.base import DataError, Dataset
-from anoplug.data.toy_render import Scene, fractal, grid, hexagon_sdf, noise, smooth_step
+from anoplug.data.toy_render import Scene, fractal, grid, hexagon_sdf, noise, render_fabric, smooth_step
 from anoplug.types import GOOD, Batch
 
 __all__ = ["CATEGORIES", "DEFAULT_LENGTH", "ToyDataset", "ToySample", "render", "render_sample", "label_for"]
@@ -95,41 +95,6 @@ def _fabric(rng: np.random.Generator, n: int) -> Scene:
          "wobble_v": noise(rng, n, 3) * 0.12, "thread_tint": rng.normal(0, 0.03, (2, 64)),
          "fibre": fractal(rng, n, (n // 3, 6), octaves=2) * 0.06, "fibre2": fractal(rng, n, (6, n // 3), octaves=2) * 0.06}
     return Scene(n=n, albedo=render_fabric(p, n), params=p)
-
-
-def _arch(f: np.ndarray) -> np.ndarray:
-    """Rounded thread cross-section on [0, 1): 0 at the edges, 1 in the middle (cheap sin**0.6)."""
-    t = 4.0 * f * (1.0 - f)
-    return np.sqrt(t) * (1.25 - 0.25 * t)
-
-
-def render_fabric(p: dict, n: int, broken: tuple[int, float, float] | None = None) -> np.ndarray:
-    """Plain weave: warp (vertical) and weft (horizontal) threads alternately on top.
-
-    ``broken=(row, u0, u1)`` removes weft thread ``row`` between warp positions u0..u1,
-    letting the warp threads and the gap beneath show through (a thread break).
-    """
-    y, x = grid(n)
-    u = x * p["threads"] + p["wobble_u"]
-    v = y * p["threads"] + p["wobble_v"]
-    iu, iv = np.floor(u), np.floor(v)
-    fu, fv = u - iu, v - iv
-    au, av = _arch(fu), _arch(fv)
-    warp_top = ((iu + iv) % 2) == 0
-    su, sv = np.sqrt(av), np.sqrt(au)
-    shade = np.where(warp_top, au * (0.55 + 0.45 * su), av * (0.55 + 0.45 * sv))
-    ju, jv = iu.astype(np.int64) % 64, iv.astype(np.int64) % 64
-    tint = np.where(warp_top, p["thread_tint"][0][ju], p["thread_tint"][1][jv])
-    fib = np.where(warp_top, p["fibre"], p["fibre2"])
-    if broken is not None:
-        row, u0, u1 = broken
-        gone = (iv == row) & (u >= u0) & (u <= u1)
-        # Without the weft on top, the warp threads show flat and lower (darker), with dark gaps.
-        shade = np.where(gone, 0.55 * au, shade)
-        tint = np.where(gone, p["thread_tint"][0][ju], tint)
-        fib = np.where(gone, p["fibre"], fib)
-    lum = 0.18 + 0.82 * shade + fib
-    return (p["colour"][None, None, :] + tint[..., None]) * lum[..., None]
 
 
 def _metal(rng: np.random.Generator, n: int) -> Scene:

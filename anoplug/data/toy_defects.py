@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from anoplug.data.toy_render import Scene, draw_lines, draw_polygon, grid
+from anoplug.data.toy_render import Scene, draw_lines, draw_polygon, grid, render_fabric
 
 __all__ = ["apply_defect", "preposition", "DEFECTS"]
 
@@ -218,8 +218,6 @@ def contamination(rng: np.random.Generator, sc: Scene, category: str) -> str:
 
 
 def thread_break(rng: np.random.Generator, sc: Scene, category: str) -> str:
-    from anoplug.data.toy import render_fabric
-
     n, p = sc.n, sc.params
     t = p["threads"]
     row = int(rng.integers(3, int(t) - 3))

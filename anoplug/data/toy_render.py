@@ -4,6 +4,11 @@ Kept apart from :mod:`anoplug.data.toy` so the category renderers read as recipe
 Everything is vectorised numpy on ``[n, n]`` grids in normalised coordinates, so one
 recipe works at any image size. (This value noise is for *textures*; the Perlin noise
 that generators use for anomaly masks lives elsewhere and is deliberately not reused.)
+
+The plain weave (:func:`render_fabric`) lives here, not with the fabric recipe, because
+the thread-break defect re-renders it: :mod:`anoplug.data.toy` and
+:mod:`anoplug.data.toy_defects` both take it from this module, and the defects never
+import the dataset.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 __all__ = ["Scene", "grid", "noise", "fractal", "smooth_step", "disc_sdf", "hexagon_sdf", "shade_height",
-           "draw_lines", "draw_polygon"]
+           "draw_lines", "draw_polygon", "render_fabric"]
 
 _GRIDS: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
@@ -118,6 +123,41 @@ def draw_polygon(n: int, pts: np.ndarray, scale: int = 2) -> np.ndarray:
     im, dr = _canvas(n, scale)
     dr.polygon([(float(x) * scale, float(y) * scale) for x, y in pts], fill=255)
     return _down(im, n)
+
+
+def _arch(f: np.ndarray) -> np.ndarray:
+    """Rounded thread cross-section on [0, 1): 0 at the edges, 1 in the middle (cheap sin**0.6)."""
+    t = 4.0 * f * (1.0 - f)
+    return np.sqrt(t) * (1.25 - 0.25 * t)
+
+
+def render_fabric(p: dict, n: int, broken: tuple[int, float, float] | None = None) -> np.ndarray:
+    """Plain weave: warp (vertical) and weft (horizontal) threads alternately on top.
+
+    ``broken=(row, u0, u1)`` removes weft thread ``row`` between warp positions u0..u1,
+    letting the warp threads and the gap beneath show through (a thread break).
+    """
+    y, x = grid(n)
+    u = x * p["threads"] + p["wobble_u"]
+    v = y * p["threads"] + p["wobble_v"]
+    iu, iv = np.floor(u), np.floor(v)
+    fu, fv = u - iu, v - iv
+    au, av = _arch(fu), _arch(fv)
+    warp_top = ((iu + iv) % 2) == 0
+    su, sv = np.sqrt(av), np.sqrt(au)
+    shade = np.where(warp_top, au * (0.55 + 0.45 * su), av * (0.55 + 0.45 * sv))
+    ju, jv = iu.astype(np.int64) % 64, iv.astype(np.int64) % 64
+    tint = np.where(warp_top, p["thread_tint"][0][ju], p["thread_tint"][1][jv])
+    fib = np.where(warp_top, p["fibre"], p["fibre2"])
+    if broken is not None:
+        row, u0, u1 = broken
+        gone = (iv == row) & (u >= u0) & (u <= u1)
+        # Without the weft on top, the warp threads show flat and lower (darker), with dark gaps.
+        shade = np.where(gone, 0.55 * au, shade)
+        tint = np.where(gone, p["thread_tint"][0][ju], tint)
+        fib = np.where(gone, p["fibre"], fib)
+    lum = 0.18 + 0.82 * shade + fib
+    return (p["colour"][None, None, :] + tint[..., None]) * lum[..., None]
 
 
 @dataclass

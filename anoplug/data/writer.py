@@ -6,9 +6,12 @@ Layout under ``<out>/<category>/``::
     test/<label>/NNNNNN.png                generated samples (label "good" -> test/good)
     ground_truth/<label>/NNNNNN_mask.png   0/255 masks of the anomalous ones
     manifest.jsonl                         one line per sample, sorted by index
+    draws/NNNNNN.safetensors               a sample's big draws (tensors over 64 values), if any
 
 Sample *i* uses source image ``i % len(source)`` and seed ``sample_seed(seed, i)`` alone,
 so the output does not depend on the batch size or on how often the run was interrupted.
+Each record holds the sample's draws losslessly (``sample``, big tensors in its side file),
+so :func:`replay_manifest` regenerates the tree byte for byte from the manifest alone.
 Every file is written to a temporary name in its directory and renamed into place;
 finished samples are journalled, so a re-run skips them and a killed run resumes to the
 same bytes an uninterrupted one writes. A directory that holds another run (different
@@ -31,16 +34,18 @@ import numpy as np
 from PIL import Image
 
 from anoplug.data.base import DataError, Dataset
-from anoplug.generator import jsonable
+from anoplug.data.inputs import ConditionSource, sample_inputs, source_indices
+from anoplug.generator import Samples
 from anoplug.seeding import sample_seed
+from anoplug.serial import pack
 from anoplug.types import GOOD, Batch, to_uint8
 
-__all__ = ["WriteSummary", "write_generated", "MANIFEST", "JOURNAL"]
+__all__ = ["WriteSummary", "write_generated", "replay_manifest", "MANIFEST", "JOURNAL"]
 
 MANIFEST = "manifest.jsonl"
 JOURNAL = ".manifest.journal.jsonl"  # finished samples of an unfinished run, appended as they complete
 _TMP = ".anoplug-tmp"
-_IDENTITY = ("method", "method_version", "params", "seed", "dataset")
+_IDENTITY = ("method", "method_version", "params", "seed", "dataset", "conditions")
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
@@ -143,21 +148,37 @@ def _copy_train(source: Dataset, root: Path, n_train: int, batch_size: int) -> N
             _atomic_write(root / "train" / GOOD / f"{idx[k]:06d}.png", _png_bytes(arr))
 
 
-def _attach_paired_source(src: Batch, source: Dataset, src_idx: list[int]) -> None:
-    """Give each sample its own second normal image (the next one in the source), so methods
-    that borrow content from another image do not depend on how the run is chunked."""
-    pair = source.batch([(j + 1) % len(source) for j in src_idx])
-    src.extras["source_image"] = pair.image
-    if pair.object_mask is not None:
-        src.extras["source_object_mask"] = pair.object_mask
+def _draws_bytes(store: dict) -> bytes:
+    from safetensors.torch import save
+
+    return save({k: v.contiguous() for k, v in sorted(store.items())})
+
+
+def _read_draws(root: Path, rec: dict) -> dict:
+    """The side file of a record's big draws (``draws/NNNNNN.safetensors``), or nothing."""
+    if not rec.get("draws"):
+        return {}
+    from safetensors.torch import load_file
+
+    path = root / rec["draws"]
+    if not path.is_file():
+        raise DataError(f"{path}: side file of sample {rec.get('index')} is missing")
+    try:
+        return load_file(str(path))
+    except Exception as e:  # safetensors raises its own error types for corrupt headers
+        raise DataError(f"cannot read {path}: {e}") from e
 
 
 def write_generated(generator: Any, source: Dataset, out: str | Path, *, n: int, seed: int = 0, batch_size: int = 16,
-                    n_train: int | None = None, progress: bool = True, conditions: dict | None = None) -> WriteSummary:
+                    n_train: int | None = None, progress: bool = True, conditions: ConditionSource | None = None,
+                    data: str | None = None, replay: dict[int, dict] | None = None,
+                    replay_root: Path | None = None) -> WriteSummary:
     """Generate ``n`` samples from the normals of ``source`` and write them under ``out/<category>``.
 
     Re-running the same call resumes (finished samples are skipped; an immediate re-run
-    writes nothing). ``conditions`` are passed on to ``generator.generate``.
+    writes nothing). ``conditions`` gives per-sample target masks, boxes or a prompt;
+    ``data`` is the ``--data`` spec recorded for ``--replay``; ``replay`` (index -> the
+    manifest record of an earlier run under ``replay_root``) regenerates from recorded draws.
     """
     if n < 1:
         raise DataError(f"n must be at least 1, got {n}")
@@ -172,7 +193,8 @@ def write_generated(generator: Any, source: Dataset, out: str | Path, *, n: int,
     n_train = min(len(source), 64 if n_train is None else int(n_train))  # never more normals than the source has
     root = Path(out) / _safe_label(source.category or "dataset")
     identity = {"method": generator.name, "method_version": generator.version,
-                "params": generator.params.model_dump(mode="json"), "seed": int(seed), "dataset": _dataset_id(source)}
+                "params": generator.params.model_dump(mode="json"), "seed": int(seed), "dataset": _dataset_id(source),
+                "conditions": conditions.identity() if conditions else None}
     identity = json.loads(json.dumps(identity))  # normalise (tuples -> lists) to compare with what was read back
 
     manifest_path, journal_path = root / MANIFEST, root / JOURNAL
@@ -197,20 +219,27 @@ def write_generated(generator: Any, source: Dataset, out: str | Path, *, n: int,
         with open(journal_path, "a", encoding="utf-8") as journal:
             for s in range(0, len(todo), batch_size):
                 idx = todo[s:s + batch_size]
-                src_idx = [i % len(source) for i in idx]
-                src = source.batch(src_idx)
-                if getattr(generator.requires, "paired_source", False):
-                    _attach_paired_source(src, source, src_idx)
-                gen_out = generator.generate(src, seeds=[sample_seed(seed, i) for i in idx], **(conditions or {}))
+                src_idx = source_indices(idx, len(source))
+                src = sample_inputs(generator, source, idx, conditions)
+                seeds = [sample_seed(seed, i) for i in idx]
+                drawn = None
+                if replay is not None:
+                    drawn = [Samples.unpack([replay[i]["sample"]], _read_draws(replay_root, replay[i]))[0] for i in idx]
+                gen_out = generator.generate(src, seeds=seeds, samples=drawn)
                 images, masks = to_uint8(gen_out.image), to_uint8(gen_out.mask)[..., 0]
                 lines = []
                 for k, i in enumerate(idx):
                     label = _safe_label(gen_out.label[k])
+                    store: dict = {}
+                    packed = pack(gen_out.meta[k].get("sample"), store, prefix="sample")
                     rec = dict(identity, index=i, label=label, image=f"test/{label}/{i:06d}.png", mask=None,
-                               sample_seed=sample_seed(seed, i), source_index=src_idx[k],
+                               sample_seed=seeds[k], source_index=src_idx[k], data=data, n_train=n_train,
                                source=str(src.meta[k].get("source", f"{_dataset_id(source)}/{src_idx[k]}")),
-                               caption=_caption(gen_out, src, k, label, generator.name),
-                               sample=jsonable(gen_out.meta[k].get("sample")))
+                               caption=_caption(gen_out, src, k, label, generator.name), sample=packed,
+                               draws=f"draws/{i:06d}.safetensors" if store else None,
+                               sample_conditions=conditions.for_sample(i) if conditions else None)
+                    if store:
+                        _atomic_write(root / rec["draws"], _draws_bytes(store))
                     _atomic_write(root / rec["image"], _png_bytes(images[k]))
                     if label != GOOD:
                         rec["mask"] = f"ground_truth/{label}/{i:06d}_mask.png"
@@ -231,3 +260,46 @@ def write_generated(generator: Any, source: Dataset, out: str | Path, *, n: int,
     journal_path.unlink(missing_ok=True)
     labels = dict(sorted(Counter(r["label"] for r in records.values()).items()))
     return WriteSummary(root=root, written=len(todo), skipped=skipped, manifest=manifest_path, labels=labels)
+
+
+def replay_manifest(manifest: str | Path, out: str | Path, *, load: str | Path | None = None, batch_size: int = 16,
+                    progress: bool = True) -> WriteSummary:
+    """Regenerate the dataset a manifest describes from its recorded draws, byte for byte, under ``out``.
+
+    Procedural methods need nothing else; a learned method needs its fitted weights (``load``).
+    """
+    from anoplug.data import open_dataset
+    from anoplug.registry import get_registry
+
+    path = Path(manifest)
+    if not path.is_file():
+        raise DataError(f"--replay {path}: manifest not found")
+    records = _read_jsonl(path, tolerate_torn_tail=False)
+    if not records:
+        raise DataError(f"--replay {path}: the manifest is empty")
+    first = records[0]
+    missing = [k for k in ("method", "params", "seed", "dataset", "data", "sample", "index") if k not in first]
+    if missing:
+        raise DataError(f"--replay {path}: records lack {', '.join(missing)} (written by an older anoplug?)")
+    if not first["data"]:
+        raise DataError(f"--replay {path}: the run did not record its --data source")
+    by_index = {int(r["index"]): r for r in records}
+    if sorted(by_index) != list(range(len(by_index))):
+        raise DataError(f"--replay {path}: sample indices are not 0..{len(by_index) - 1} (an unfinished run?)")
+    cls = get_registry().generator_class(first["method"])
+    if cls.requires.fit and not load:
+        raise DataError(f"--replay {path}: {first['method']} is a learned method; pass --load DIR with its weights")
+    gen = cls.load(load) if load else cls(**first["params"])
+    if gen.params.model_dump(mode="json") != first["params"]:
+        raise DataError(f"--replay {path}: the parameters saved in {load} differ from the manifest's")
+    if gen.version != first["method_version"]:
+        raise DataError(f"--replay {path}: written by {first['method']} {first['method_version']}, "
+                        f"installed is {gen.version}")
+    size = int(str(first["dataset"]).rsplit("@", 1)[1])
+    source = open_dataset(first["data"], split="train", size=size)
+    cond = first.get("conditions") or {}
+    conditions = ConditionSource(masks=(cond.get("masks") or {}).get("dir"), boxes=(cond.get("boxes") or {}).get("file"),
+                                 prompt=cond.get("prompt")) if cond else None
+    return write_generated(gen, source, out, n=len(by_index), seed=int(first["seed"]), batch_size=batch_size,
+                           n_train=first.get("n_train"), progress=progress, conditions=conditions, data=first["data"],
+                           replay=by_index, replay_root=path.parent)

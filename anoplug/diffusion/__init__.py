@@ -3,6 +3,8 @@
 Importing :mod:`anoplug` never imports this package; diffusion plugins import it when
 they are used. It holds what the diffusion methods share, built once:
 
+- :mod:`.base`     — the LDM/SD noise schedule, the scheduler factory and the weight and
+  tokenizer checks (the bottom layer: imports nothing else from the package);
 - :mod:`.loading`  — real checkpoints through ``from_pretrained`` (offline-friendly) with
   the right scheduler settings per family (LDM, SD), and :class:`.loading.Parts`, the
   encode/decode/text helpers every method needs;

@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["PlaceholderEmbedding", "install_placeholders", "train_embeddings", "save_tensors", "load_tensors",
+__all__ = ["PlaceholderEmbedding", "install_placeholders", "embedding_loss", "train_embeddings", "save_tensors", "load_tensors",
            "embedding_slot"]
 
 
@@ -122,6 +122,43 @@ def install_placeholders(text_encoder: Any, tokenizer: Any, tokens: Sequence[str
     return wrapper
 
 
+def embedding_loss(parts: Any, latents: torch.Tensor, prompts: Sequence[str] | Callable[[torch.Tensor], list[str]], *,
+                   batch_size: int, generator: torch.Generator, loss_mask: torch.Tensor | None = None,
+                   inject: Callable[[torch.Tensor], contextlib.AbstractContextManager] | None = None,
+                   augment: Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor], tuple] | None = None
+                   ) -> torch.Tensor:
+    """One training step's ε-prediction loss of a frozen UNet on a batch drawn from ``latents``.
+
+    Draws, in this order, from ``generator``: the ``batch_size`` item indices, the
+    augmentation (``augment(z0, mask, indices)``), the timesteps, the noise, then whatever
+    ``prompts`` draws. ``loss_mask`` (``[N,1,h,w]`` at latent size) restricts the loss to the
+    mask: prediction and target are both multiplied by it and the mean runs over all
+    positions (as in AnomalyDiffusion). ``inject(indices)`` returns a context in which the
+    text encoder sees the per-sample vectors of those items. ``prompts`` is one prompt per
+    item or a callable ``indices -> prompts`` (e.g. a template drawn per step). The caller
+    runs backward and the optimiser (a :class:`~anoplug.learned.LearnedGenerator`'s
+    ``training_step``, or :func:`train_embeddings`).
+    """
+    n = len(latents)
+    if n == 0 or (not callable(prompts) and n != len(prompts)):
+        raise ValueError(f"need as many prompts as latents, got {0 if callable(prompts) else len(prompts)} for {n}")
+    prompt_of = prompts if callable(prompts) else (lambda idx: [prompts[int(i)] for i in idx])
+    sched = parts.scheduler
+    device = latents.device
+    idx = torch.randint(0, n, (batch_size,), generator=generator)
+    z0 = latents[idx]
+    m = loss_mask[idx] if loss_mask is not None else None
+    if augment is not None:
+        z0, m = augment(z0, m, idx)
+    t = torch.randint(0, int(sched.config.num_train_timesteps), (batch_size,), generator=generator).to(device)
+    noise = torch.randn(z0.shape, generator=generator).to(device)
+    x_t = sched.add_noise(z0, noise, t)
+    with inject(idx) if inject is not None else contextlib.nullcontext():
+        cond = parts.encode_text(prompt_of(idx))
+    eps = parts.unet(x_t, t, encoder_hidden_states=cond).sample
+    return F.mse_loss(eps * m, noise * m) if m is not None else F.mse_loss(eps, noise)
+
+
 def train_embeddings(parts: Any, latents: torch.Tensor, prompts: Sequence[str] | Callable[[torch.Tensor], list[str]],
                      params: Sequence[torch.Tensor], *,
                      steps: int, lr: float, batch_size: int, generator: torch.Generator,
@@ -129,38 +166,17 @@ def train_embeddings(parts: Any, latents: torch.Tensor, prompts: Sequence[str] |
                      inject: Callable[[torch.Tensor], contextlib.AbstractContextManager] | None = None,
                      augment: Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor], tuple] | None = None,
                      progress: Callable[[int, int, dict], None] | None = None) -> list[float]:
-    """Adam on ``params`` with the ε-prediction loss of a frozen UNet; returns the loss per step.
+    """Adam on ``params`` for ``steps`` steps of :func:`embedding_loss`; returns the loss per step.
 
-    ``loss_mask`` (``[N,1,h,w]`` at latent size) restricts the loss to the mask: prediction
-    and target are both multiplied by it and the mean runs over all positions (as in
-    AnomalyDiffusion). ``inject(indices)`` returns a context in which the text encoder sees
-    the per-sample vectors of those training items. ``prompts`` is one prompt per item or a
-    callable ``indices -> prompts`` (e.g. a template drawn per step). All draws come from ``generator``.
+    A standalone loop for scripts and tests; learned generators call :func:`embedding_loss`
+    from their ``training_step`` instead, so ``fit`` owns checkpoints and resume.
     """
-    n = len(latents)
-    if n == 0 or (not callable(prompts) and n != len(prompts)):
-        raise ValueError(f"need as many prompts as latents, got {0 if callable(prompts) else len(prompts)} for {n}")
-    prompt_of = prompts if callable(prompts) else (lambda idx: [prompts[int(i)] for i in idx])
-    sched = parts.scheduler
-    n_train = int(sched.config.num_train_timesteps)
     opt = torch.optim.Adam(list(params), lr=lr)
     losses: list[float] = []
-    device = latents.device
     with torch.enable_grad():
         for step in range(steps):
-            idx = torch.randint(0, n, (batch_size,), generator=generator)
-            z0 = latents[idx]
-            m = loss_mask[idx] if loss_mask is not None else None
-            if augment is not None:
-                z0, m = augment(z0, m, idx)
-            t = torch.randint(0, n_train, (batch_size,), generator=generator).to(device)
-            noise = torch.randn(z0.shape, generator=generator).to(device)
-            x_t = sched.add_noise(z0, noise, t)
-            ctx = inject(idx) if inject is not None else contextlib.nullcontext()
-            with ctx:
-                cond = parts.encode_text(prompt_of(idx))
-            eps = parts.unet(x_t, t, encoder_hidden_states=cond).sample
-            loss = F.mse_loss(eps * m, noise * m) if m is not None else F.mse_loss(eps, noise)
+            loss = embedding_loss(parts, latents, prompts, batch_size=batch_size, generator=generator,
+                                  loss_mask=loss_mask, inject=inject, augment=augment)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

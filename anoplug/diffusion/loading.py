@@ -1,14 +1,7 @@
-"""Loading real checkpoints, scheduler settings per family, and the :class:`Parts` helper.
+"""Loading real checkpoints (and the tiny ones by name), and the :class:`Parts` helper.
 
-Two families matter for the seed methods (spec ``diffusion.md`` §2.5):
-
-- **LDM** (``CompVis/ldm-text2im-large-256``: LDM-BERT text encoder, KL-f8 VAE, 256 px),
-  used by AnomalyDiffusion and AnoGen;
-- **SD** v1.x (CLIP text encoder, 512 px), used by most others.
-
-Both use LDM's "linear" schedule, which is ``linspace(sqrt(0.00085), sqrt(0.012))**2`` —
-diffusers' ``scaled_linear``, *not* its ``linear`` — and DDIM with uniform timesteps plus an
-offset of one (``leading``, ``steps_offset=1``, ``set_alpha_to_one=False``, no clipping).
+Every pipeline gets its family's scheduler (LDM or SD v1.x, both on LDM's β schedule; see
+:mod:`.base`, whose scheduler factory and errors are re-exported here).
 """
 
 from __future__ import annotations
@@ -20,52 +13,14 @@ from typing import Any, Literal
 
 import torch
 
+from anoplug.diffusion.base import LDM_BETAS, SchedulerKind, TokenizerError, WeightsNotFoundError, check_tokenizer, make_scheduler
+
 __all__ = ["WeightsNotFoundError", "TokenizerError", "load_pipeline", "make_scheduler", "Parts", "LDM_BETAS",
            "check_tokenizer"]
-
-#: β schedule shared by LDM txt2img and Stable Diffusion v1.x.
-LDM_BETAS: dict[str, Any] = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
-                             "num_train_timesteps": 1000}
-#: DDIM timestep layout of the CompVis code: [1, 6, ..., 996] for 200 steps.
-LDM_DDIM: dict[str, Any] = {"timestep_spacing": "leading", "steps_offset": 1, "set_alpha_to_one": False,
-                            "clip_sample": False}
 
 Family = Literal["ldm", "sd"]
 #: untrained tiny pipelines for tests: SD layout (CLIP) and LDM layout (LDM-BERT).
 TINY_RANDOM = ("tiny-random", "tiny-random-ldm")
-SchedulerKind = Literal["ddim", "pndm", "ddpm", "dpm"]
-
-
-class WeightsNotFoundError(FileNotFoundError):
-    """The requested checkpoint is not on this machine (and may not be downloaded)."""
-
-
-class TokenizerError(ValueError):
-    """A tokenizer is unusable (e.g. the 2-token stub transformers returns offline)."""
-
-
-def make_scheduler(kind: SchedulerKind = "ddim", **overrides: Any) -> Any:
-    """A scheduler with the LDM/SD β schedule and the CompVis DDIM timestep layout."""
-    from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, PNDMScheduler
-
-    cfg = {**LDM_BETAS, "prediction_type": "epsilon"}
-    if kind == "ddim":
-        return DDIMScheduler(**{**cfg, **LDM_DDIM, **overrides})
-    if kind == "pndm":
-        return PNDMScheduler(**{**cfg, "skip_prk_steps": True, "steps_offset": 1, "set_alpha_to_one": False, **overrides})
-    if kind == "ddpm":
-        return DDPMScheduler(**{**cfg, "clip_sample": False, **overrides})
-    if kind == "dpm":
-        return DPMSolverMultistepScheduler(**{**cfg, **overrides})
-    raise ValueError(f"unknown scheduler kind {kind!r}; use ddim, pndm, ddpm or dpm")
-
-
-def check_tokenizer(tokenizer: Any, where: str = "tokenizer") -> None:
-    """Refuse the useless tokenizer that ``from_pretrained(<hub id>)`` returns offline without a cache."""
-    n = len(tokenizer)
-    if n < 100:
-        raise TokenizerError(f"{where} has only {n} tokens: it was not found locally (under HF_HUB_OFFLINE "
-                             "transformers silently returns a stub). Download the model or pass a local directory.")
 
 
 def _offline() -> bool:

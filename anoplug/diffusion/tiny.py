@@ -188,7 +188,7 @@ def tiny_sd_pipeline(*, image_size: int = 32, seed: int = 0, words: Iterable[str
     """A StableDiffusionPipeline of tiny random parts (×2 VAE: 32 px → 16×16×4 latents)."""
     from diffusers import StableDiffusionPipeline
 
-    from anoplug.diffusion.loading import make_scheduler
+    from anoplug.diffusion.base import make_scheduler
 
     tok = tiny_tokenizer(words)
     return StableDiffusionPipeline(vae=tiny_vae(seed=seed), text_encoder=tiny_text_encoder(tok, seed=seed),
@@ -202,7 +202,7 @@ def tiny_ldm_pipeline(*, image_size: int = 32, seed: int = 0, words: Iterable[st
     from diffusers import LDMTextToImagePipeline
     from diffusers.pipelines.latent_diffusion.pipeline_latent_diffusion import LDMBertConfig, LDMBertModel
 
-    from anoplug.diffusion.loading import make_scheduler
+    from anoplug.diffusion.base import make_scheduler
 
     tok = tiny_tokenizer(words, kind="bert")
     cfg = LDMBertConfig(vocab_size=len(tok), d_model=32, encoder_layers=2, encoder_attention_heads=2, head_dim=16,
@@ -221,7 +221,7 @@ def load_tiny_base(directory: str | Path | None = None, device: str | torch.devi
     """The offline stand-in for SD/LDM: 64 px, trained on the embedded toy dataset (see docs/tiny_base_model.md)."""
     from diffusers import StableDiffusionPipeline
 
-    from anoplug.diffusion.loading import WeightsNotFoundError, check_tokenizer, make_scheduler
+    from anoplug.diffusion.base import WeightsNotFoundError, check_tokenizer, make_scheduler
 
     d = Path(directory) if directory is not None else TINY_BASE_DIR
     if not (d / "model_index.json").is_file():

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from anoplug.testing import GeneratorConformance, make_toy_batch
+from anoplug.conditions import ConditionError
+from anoplug.generator import Samples
+from anoplug.testing import LearnedGeneratorConformance, make_toy_batch
 from anoplug.types import Batch
 
 pytest.importorskip("diffusers")
@@ -34,16 +36,22 @@ def centre_mask(size: int = 64) -> torch.Tensor:
     return m
 
 
-class TestAnomalyDiffusionConformance(GeneratorConformance):
+def with_mask(b: Batch, mask: torch.Tensor | None = None) -> Batch:
+    return b.with_conditions(target_mask=centre_mask(b.size[0]) if mask is None else mask)
+
+
+class TestAnomalyDiffusionConformance(LearnedGeneratorConformance):
     generator_name = "anomalydiffusion"
     generator_class = AD.AnomalyDiffusion
-    params = FAST
+    # no mask model here: the kit's resume check expects fit(steps=N) to plan N steps (the mask
+    # phases add theirs; test_resume_across_the_phases_is_bit_identical covers them)
+    params = {**FAST, "mask_fit_steps": 0}
     bad_params = {"steps": 0, "eta": 1.5, "blend": "sideways", "arr_max_weight": 0.5}
     entry_module = "anoplug_anomalydiffusion.plugin"
-    conditions = {"mask": centre_mask()}
+    conditions = {"target_mask": centre_mask()}
 
-    def make_generator(self):
-        return fitted()
+    def fit_data(self):
+        return None, toy_anomalies()
 
 
 def test_arr_weights_in_range_inside_and_one_outside():
@@ -84,12 +92,12 @@ def test_arr_reweights_every_cross_attention_layer(monkeypatch):
     monkeypatch.setattr(A.AnoplugAttnProcessor, "__call__", spy)
     gen = fitted(adaptive_reweighting=True, mask_fit_steps=0)
     b = make_toy_batch(2, 64)
-    with_arr = gen.generate(b, seed=0, mask=centre_mask())
+    with_arr = gen.generate(with_mask(b), seed=0)
     layers = A.cross_attention_layers(gen.parts.unet)
     assert {n for n, active in calls if active} == set(layers)
     gen.params.adaptive_reweighting = False
     calls.clear()
-    without = gen.generate(b, seed=0, mask=centre_mask())
+    without = gen.generate(with_mask(b), seed=0)
     assert not any(active for _, active in calls)
     assert (with_arr.image - without.image).abs().max() > 1e-4, "ARR had no effect"
 
@@ -110,11 +118,11 @@ def test_guidance_adds_one_unconditional_pass_without_reweighting(monkeypatch):
     monkeypatch.setattr(A.AnoplugAttnProcessor, "__call__", spy)
     gen = fitted(adaptive_reweighting=True, mask_fit_steps=0)
     b = make_toy_batch(2, 64)
-    plain = gen.generate(b, seed=0, mask=centre_mask())
+    plain = gen.generate(with_mask(b), seed=0)
     contexts_plain = {c for c, _ in seen}
     seen.clear()
     gen.params.guidance = 4.0
-    guided = gen.generate(b, seed=0, mask=centre_mask())
+    guided = gen.generate(with_mask(b), seed=0)
     contexts = {c for c, _ in seen}
     assert len(contexts) == len(contexts_plain) + 1  # the unconditional context joins
     by_context = {c: {active for cc, active in seen if cc == c} for c in contexts}
@@ -139,7 +147,7 @@ def test_spatial_tokens_follow_the_mask_and_training_subset():
 def test_background_kept_and_inside_changed():
     gen = fitted()
     b = make_toy_batch(2, 64)
-    out = gen.generate(b, seed=3, mask=centre_mask())
+    out = gen.generate(with_mask(b), seed=3)
     m = out.mask.bool().expand_as(out.image)
     assert torch.equal(out.image[~m], b.image[~m])
     assert float((out.image - b.image).abs()[m].mean()) > 0.01
@@ -160,13 +168,86 @@ def test_generated_masks_pass_the_border_check():
 
 def test_bad_inputs_are_named():
     gen = fitted()
-    with pytest.raises(ValueError, match=r"mask must be \[2,1,64,64\]"):
-        gen.generate(make_toy_batch(2, 64), seed=0, mask=torch.ones(3, 1, 64, 64))
+    with pytest.raises(ConditionError, match=r"conditions.target_mask must be \[2, 1, 64, 64\]"):
+        make_toy_batch(2, 64).with_conditions(target_mask=torch.ones(3, 1, 64, 64))
     with pytest.raises(ValueError, match="anomalies"):
         AD.AnomalyDiffusion(**FAST).fit(make_toy_batch(2, 64), None)
     gen.params.anomaly_type = "dent"
     with pytest.raises(ValueError, match="'dent' was not fitted"):
-        gen.generate(make_toy_batch(1, 64), seed=0, mask=centre_mask())
+        gen.generate(with_mask(make_toy_batch(1, 64)), seed=0)
+
+
+def test_missing_and_unused_conditions_name_the_field():
+    gen = fitted()
+    with pytest.raises(ConditionError, match=r"conditions\.boxes"):
+        gen.generate(make_toy_batch(2, 64).with_conditions(boxes=[[("stain", 0.1, 0.1, 0.5, 0.5)]] * 2), seed=0)
+    no_mask_model = fitted(mask_fit_steps=0)
+    with pytest.raises(ConditionError, match=r"conditions\.target_mask.*mask_fit_steps=0"):
+        no_mask_model.generate(make_toy_batch(2, 64), seed=0)
+
+
+def test_target_mask_is_the_output_mask_and_the_label_is_the_type():
+    gen = fitted(mask_fit_steps=0)
+    target = torch.zeros(3, 1, 64, 64)
+    target[0, :, 5:20, 5:30] = 1
+    target[1, :, 30:60, 40:50] = 1  # sample 2: an empty target -> a normal image, labelled good
+    b = make_toy_batch(3, 64)
+    out = gen.generate(b.with_conditions(target_mask=target), seed=1)
+    assert torch.equal(out.mask, target) and out.mask.data_ptr() != target.data_ptr()
+    assert out.label[:2] == [out.samples[i]["anomaly_type"] for i in range(2)] and out.label[2] == "good"
+    assert torch.equal(out.image[2], b.image[2])
+    assert "mask_attempts" not in out.samples[0]  # nothing was drawn for the mask
+    assert torch.equal(out.conditions.target_mask, target)
+
+
+def test_replay_reproduces_bytes_and_follows_edited_records():
+    gen = fitted()
+    b = make_toy_batch(2, 64)
+    out = gen.generate(b, seed=5)  # masks from the mask model
+    seeds = [m["seed"] for m in out.meta]
+    records = Samples.unpack(out.samples.pack())  # through the lossless serialisation
+    again = gen.generate(b, seeds=seeds, samples=records)
+    assert again.image.numpy().tobytes() == out.image.numpy().tobytes()
+    assert again.mask.numpy().tobytes() == out.mask.numpy().tobytes()
+    assert again.samples == out.samples
+    # on a fixed target mask, another type / template in a record changes that sample only
+    fixed = with_mask(b)
+    base = gen.generate(fixed, seed=5)
+    edited = Samples(dict(r) for r in base.samples)
+    other = next(t for t in gen.types if t != edited[0]["anomaly_type"])
+    edited[0]["anomaly_type"] = other
+    edited[1]["template"] = (edited[1]["template"] + 1) % len(AD.TEMPLATES)
+    new = gen.generate(fixed, seeds=[m["seed"] for m in base.meta], samples=edited)
+    assert new.label[0] == other and new.samples[0]["anomaly_type"] == other
+    assert new.samples[1]["template"] == edited[1]["template"]
+    assert (new.image[0] - base.image[0]).abs().max() > 1e-4 and (new.image[1] - base.image[1]).abs().max() > 1e-4
+    with pytest.raises(ValueError, match=r"samples\[0\]\['anomaly_type'\] 'dent'"):
+        gen.generate(fixed, seeds=[1, 2], samples=[{"anomaly_type": "dent", "template": 0}, edited[1]])
+
+
+def test_resume_across_the_phases_is_bit_identical(tmp_path):
+    """3 image steps, then 2 mask steps per type (2 types): resume inside the image phase and inside the mask phases."""
+    from anoplug.learned import TRAINING_STATE
+
+    whole = AD.AnomalyDiffusion(**FAST).fit(None, toy_anomalies(), checkpoint_every=2, checkpoint_dir=tmp_path)
+    assert len(whole.history) == 3 + 2 * 2 and [h["phase"] for h in whole.history] == ["image"] * 3 + ["mask"] * 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-000002", "step-000004", "step-000006"]
+    for mid in ("step-000002", "step-000004"):
+        assert (tmp_path / mid / f"{TRAINING_STATE}.json").is_file()
+        resumed = AD.AnomalyDiffusion(**FAST).fit(None, toy_anomalies(), resume_from=tmp_path / mid)
+        for key, t in whole.extra_state().items():
+            assert t.numpy().tobytes() == resumed.extra_state()[key].numpy().tobytes(), f"{key} differs after {mid}"
+        for n, t in whole.encoder.state_dict().items():
+            assert t.numpy().tobytes() == resumed.encoder.state_dict()[n].numpy().tobytes(), f"encoder.{n} after {mid}"
+        assert resumed.history == whole.history and resumed.losses == whole.losses
+
+
+def test_fit_defaults_seed_0_and_the_seed_param():
+    a = fitted()
+    b = fitted(seed=0)
+    c = AD.AnomalyDiffusion(**FAST).fit(None, toy_anomalies(), seed=1)
+    assert torch.equal(a.appearance, b.appearance) and not torch.equal(a.appearance, c.appearance)
+    assert len(a.losses["image"]) == 3 and len(a.losses["mask"]) == 2 * 2
 
 
 def test_ldm_bert_family_path():
@@ -175,6 +256,6 @@ def test_ldm_bert_family_path():
     assert gen.parts.family == "ldm"
     assert gen.parts.tokenizer.tokenize(gen._star()) == [f"<ad_{i}>" for i in range(4)] + [f"<sp_{i}>" for i in range(4)]
     b = make_toy_batch(2, 64)
-    out = gen.generate(b, seed=0, mask=centre_mask())
+    out = gen.generate(with_mask(b), seed=0)
     m = out.mask.bool().expand_as(out.image)
     assert torch.equal(out.image[~m], b.image[~m]) and float((out.image - b.image).abs()[m].max()) > 0

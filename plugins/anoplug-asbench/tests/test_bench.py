@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 import torch
+from anoplug_asbench.bench import BenchConfig, BenchError, markdown, parse_data, run_bench, spearman, split_shots
 from pydantic import Field
 
 from anoplug import GeneratorSpec, hookimpl
-from anoplug.bench import BenchConfig, BenchError, parse_data, run_bench, spearman, split_shots
-from anoplug.generator import Generator, Paper
+from anoplug.generator import Generator, Paper, Requires
 from anoplug.params import Params
 
 
@@ -34,7 +34,7 @@ class TinyDark(Generator):
         return [{"y": int(torch.randint(0, h - self.params.side, (1,), generator=g)),
                  "x": int(torch.randint(0, h - self.params.side, (1,), generator=g))} for g in rngs]
 
-    def apply(self, batch: Any, samples: list[dict], **conditions: Any) -> Any:
+    def apply(self, batch: Any, samples: list[dict]) -> Any:
         out = batch.clone()
         s = self.params.side
         for i, p in enumerate(samples):  # one slice per sample, not per pixel
@@ -44,10 +44,30 @@ class TinyDark(Generator):
         return out
 
 
+class TinyPaired(TinyDark):
+    """Pastes a square of its paired source image (``conditions.source_image``), as NSA borrows a patch."""
+
+    name = "tiny-paired"
+    title = "tiny paired paste"
+    requires = Requires(accepts=("source_image",))
+
+    def apply(self, batch: Any, samples: list[dict]) -> Any:
+        out = batch.clone()
+        src = batch.conditions.source_image
+        s = self.params.side
+        for i, p in enumerate(samples):
+            box = (i, slice(None), slice(p["y"], p["y"] + s), slice(p["x"], p["x"] + s))
+            out.image[box] = src[box]
+            out.mask[box[0], :, box[2], box[3]] = 1
+        out.label = ["paste"] * len(out)
+        return out
+
+
 class _TinyPlugin:
     @hookimpl
     def anoplug_generators(self) -> list[GeneratorSpec]:
-        return [GeneratorSpec("tiny-dark", TinyDark, title="tiny dark square")]
+        return [GeneratorSpec("tiny-dark", TinyDark, title="tiny dark square"),
+                GeneratorSpec("tiny-paired", TinyPaired, title="tiny paired paste")]
 
 
 @pytest.fixture
@@ -156,3 +176,40 @@ def test_cli_bench_and_evaluate(registry: Any, tmp_path: Any, capsys: Any) -> No
                  "--param", "subsets=2", "--param", "resize=32", "--out", str(tmp_path / "kid.json")]) == 0
     assert json.loads((tmp_path / "kid.json").read_text())["evaluator"] == "kid"
     assert main(["evaluate", "--evaluator", "kid", "--generated", str(tmp_path / "nowhere")]) == 2
+
+
+def test_paired_source_samples_match_the_writer(registry: Any, tmp_path: Any) -> None:
+    """Sample i of bench: normal i % N, paired source (i % N + 1) % N, seed sample_seed(seed, i) — the writer's bytes."""
+    from anoplug_asbench.bench import _generate, _open
+
+    from anoplug.data.inputs import InMemoryDataset
+    from anoplug.data.writer import write_generated
+    from anoplug.types import Batch, to_uint8
+
+    cfg = BenchConfig(generators=["tiny-paired"], data=["toy:metal"], out=str(tmp_path), size=32, n_train=5,
+                      n_synthetic=7, use_cache=False)
+    normals = _open("toy:metal", "train", 32, 5)
+    generated, source, _, _ = _generate(cfg, "tiny-paired", 3, normals, tmp_path / "cache")
+    assert [m["source"] for m in source.meta] == [normals.meta[i % 5]["source"] for i in range(7)]
+    summary = write_generated(TinyPaired(), InMemoryDataset(normals, category="metal"), tmp_path / "w", n=7, seed=3,
+                              batch_size=3, progress=False)
+    recs = [json.loads(line) for line in summary.manifest.read_text().splitlines()]
+    written = Batch.from_paths([summary.root / r["image"] for r in sorted(recs, key=lambda r: r["index"])])
+    assert to_uint8(generated.image).tobytes() == to_uint8(written.image).tobytes()
+    # the paste really comes from the next normal: sample 4 (normal 4) borrows from normal 0
+    changed = generated.mask[4, 0] > 0
+    assert torch.equal(generated.image[4][:, changed], normals.image[0][:, changed])
+
+
+def test_markdown_shows_an_evaluators_interval_next_to_the_mean() -> None:
+    rows = []
+    for seed, (v, lo, hi) in enumerate([(0.8, 0.7, 0.9), (0.6, 0.5, 0.7)]):
+        for metric, value in (("image_auroc_gain", v), ("image_auroc_gain_ci_low", lo), ("image_auroc_gain_ci_high", hi)):
+            rows.append({"category": "metal", "generator": "g", "seed": seed, "evaluator": "downstream-utility",
+                         "metric": metric, "value": value, "higher_is_better": True, "kind": "downstream"})
+    results = {"rows": rows, "runs": [], "seconds": 1.0, "cpu_utility_profile": {},
+               "config": {"generators": ["g"], "data": ["toy:metal"], "seeds": [0, 1], "size": 32, "n_train": 4,
+                          "n_synthetic": 4}}
+    text = markdown(results)
+    assert "| g | 0.700 ± 0.100 [0.600, 0.800] |" in text
+    assert "ci_low" not in text and "ci_high" not in text  # bounds are not columns of their own

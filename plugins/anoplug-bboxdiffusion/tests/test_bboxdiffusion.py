@@ -7,7 +7,9 @@ import math
 import pytest
 import torch
 
-from anoplug.testing import GeneratorConformance, make_toy_batch
+from anoplug.conditions import ConditionError
+from anoplug.generator import Samples
+from anoplug.testing import LearnedGeneratorConformance, make_toy_batch
 from anoplug.types import Batch
 
 pytest.importorskip("diffusers")
@@ -26,16 +28,18 @@ def toy_anomalies(size: int = 32) -> Batch:
     return b
 
 
-class TestBBoxDiffusionConformance(GeneratorConformance):
+class TestBBoxDiffusionConformance(LearnedGeneratorConformance):
     generator_name = "bboxdiffusion"
     generator_class = BB.BBoxDiffusion
     params = FAST
     bad_params = {"sample_steps": 0, "model": "huge", "lr": -1.0}
     entry_module = "anoplug_bboxdiffusion.plugin"
     image_size = 32
+    fit_steps = 4
+    box_label = "scratch"
 
-    def make_generator(self):
-        return BB.BBoxDiffusion(**FAST).fit(make_toy_batch(2, 32), toy_anomalies(), steps=4)
+    def fit_data(self):
+        return make_toy_batch(2, 32), toy_anomalies()
 
 
 def test_analog_bits_round_trip_msb_first():
@@ -72,15 +76,90 @@ def test_boxes_from_mask_components():
 def test_condition_drives_the_output_and_boxes_are_checked():
     gen = BB.BBoxDiffusion(**FAST).fit(None, toy_anomalies(), steps=3)
     b = make_toy_batch(1, 32)
-    a = gen.generate(b, seed=0, boxes=[[("scratch", 0.1, 0.1, 0.4, 0.4)]])
-    c = gen.generate(b, seed=0, boxes=[[("stain", 0.5, 0.5, 0.9, 0.9)]])
+    a = gen.generate(b.with_conditions(boxes=[[("scratch", 0.1, 0.1, 0.4, 0.4)]]), seed=0)
+    c = gen.generate(b.with_conditions(boxes=[[(2, 0.5, 0.5, 0.9, 0.9)]]), seed=0)  # a class id: 2 = "stain"
     assert (a.image - c.image).abs().max() > 1e-4, "the box condition does not reach the network"
-    assert a.meta[0]["sample"]["boxes"] == [[1, 0.1, 0.1, 0.4, 0.4]]
+    assert a.samples[0] == {"boxes": [("scratch", 0.1, 0.1, 0.4, 0.4)]}
+    assert c.samples[0] == {"boxes": [("stain", 0.5, 0.5, 0.9, 0.9)]}
     assert a.extras["class_map"].shape == (1, 1, 32, 32)
-    with pytest.raises(ValueError, match=r"boxes\[0\]"):
-        gen.generate(b, seed=0, boxes=[[("stain", 0.5, 0.5, 0.2, 0.9)]])
-    with pytest.raises(ValueError, match="'dent' was not fitted"):
-        gen.generate(b, seed=0, boxes=[[("dent", 0.1, 0.1, 0.2, 0.2)]])
+    with pytest.raises(ConditionError, match=r"conditions\.boxes\[0\]"):
+        b.with_conditions(boxes=[[("stain", 0.5, 0.5, 0.2, 0.9)]])
+    with pytest.raises(ConditionError, match=r"conditions\.boxes\[0\]: label 'dent' was not fitted"):
+        gen.generate(b.with_conditions(boxes=[[("dent", 0.1, 0.1, 0.2, 0.2)]]), seed=0)
+    with pytest.raises(ConditionError, match=r"conditions\.boxes\[0\]: label 3 is neither"):
+        gen.generate(b.with_conditions(boxes=[[(3, 0.1, 0.1, 0.2, 0.2)]]), seed=0)
+    with pytest.raises(ConditionError, match=r"conditions\.target_mask"):
+        gen.generate(b.with_conditions(target_mask=torch.ones(1, 1, 32, 32)), seed=0)
+
+
+class _Oracle(torch.nn.Module):
+    """A perfect denoiser for x0 = (grey image, the condition's box class bits): the boxes' own mask must come out."""
+
+    def __init__(self, bits: int, train_steps: int) -> None:
+        super().__init__()
+        self.bits, self.abar = bits, BB.make_ddpm(train_steps).alphas_cumprod
+
+    def forward(self, x, t):
+        from types import SimpleNamespace
+
+        x_t, cond = x[:, : 3 + self.bits], x[:, 3 + self.bits:]
+        x0 = torch.cat([torch.zeros_like(x_t[:, :3]), cond[:, 1:]], 1)
+        a = self.abar[t].view(-1, 1, 1, 1)
+        return SimpleNamespace(sample=(x_t - a.sqrt() * x0) / (1 - a).sqrt())
+
+
+def test_boxes_condition_is_the_output_mask_with_a_model_that_learned_it():
+    gen = BB.BBoxDiffusion(**FAST).fit(None, toy_anomalies(), steps=1)
+    gen.unet = _Oracle(gen.bits, gen.params.train_steps)
+    boxes = [[("scratch", 0.1, 0.1, 0.4, 0.5)], [("stain", 0.5, 0.5, 0.9, 0.9), ("scratch", 0.0, 0.75, 0.25, 1.0)]]
+    out = gen.generate(make_toy_batch(2, 32).with_conditions(boxes=boxes), seed=0)
+    for i, bx in enumerate(boxes):
+        ids = [(gen.classes.index(b[0]), *b[1:]) for b in bx]
+        assert torch.equal(out.extras["class_map"][i], BB.class_map(ids, 32, 32)), f"sample {i}: class map"
+        assert torch.equal(out.mask[i], (BB.class_map(ids, 32, 32) > 0).float())
+    assert out.label == ["scratch", "stain"]
+
+
+def test_replay_reproduces_bytes_and_follows_edited_boxes():
+    gen = BB.BBoxDiffusion(**FAST).fit(None, toy_anomalies(), steps=2)
+    b = make_toy_batch(2, 32)
+    out = gen.generate(b, seed=0)  # boxes drawn
+    seeds = [m["seed"] for m in out.meta]
+    store: dict = {}
+    records = Samples.unpack(out.samples.pack(store), store)
+    assert records == out.samples and isinstance(records[0]["boxes"][0], tuple)
+    again = gen.generate(b, seeds=seeds, samples=records)
+    assert again.image.numpy().tobytes() == out.image.numpy().tobytes()
+    assert again.mask.numpy().tobytes() == out.mask.numpy().tobytes()
+    edited = Samples(dict(r) for r in records)
+    edited[0] = {"boxes": [("stain", 0.6, 0.6, 0.95, 0.95)]}
+    new = gen.generate(b, seeds=seeds, samples=edited)
+    assert new.samples[0] == edited[0] and new.samples[1] == out.samples[1]
+    assert (new.image[0] - out.image[0]).abs().max() > 1e-4
+    assert (new.image[1] - out.image[1]).abs().max() <= 1e-5  # the other sample keeps its bytes (to batch rounding)
+    # the same boxes as a condition: the same output as the edited replay
+    cond = gen.generate(b.with_conditions(boxes=[r["boxes"] for r in edited]), seeds=seeds)
+    assert cond.image.numpy().tobytes() == new.image.numpy().tobytes()
+    with pytest.raises(ConditionError, match=r"conditions\.boxes\[0\].*differs from the replayed samples\[0\]"):
+        gen.generate(b.with_conditions(boxes=[r["boxes"] for r in edited]), seeds=seeds, samples=records)
+    with pytest.raises(ConditionError, match=r"samples\[0\]: label 'dent'"):
+        gen.generate(b, seeds=seeds, samples=[{"boxes": [("dent", 0.1, 0.1, 0.2, 0.2)]}, records[1]])
+
+
+def test_resume_is_bit_identical_and_default_steps_are_epochs(tmp_path):
+    data = (make_toy_batch(2, 32), toy_anomalies())
+    whole = BB.BBoxDiffusion(**FAST).fit(*data, steps=5, checkpoint_every=2, checkpoint_dir=tmp_path)
+    for mid in ("step-000002", "step-000004"):
+        resumed = BB.BBoxDiffusion(**FAST).fit(*data, steps=5, resume_from=tmp_path / mid)
+        theirs = resumed.unet.state_dict()
+        for n, t in whole.unet.state_dict().items():
+            assert t.numpy().tobytes() == theirs[n].numpy().tobytes(), f"unet.{n} differs after resuming at {mid}"
+        assert resumed.losses == whole.losses
+    assert len(BB.BBoxDiffusion(**FAST, epochs=2).fit(*data).history) == 2 * 2  # 6 images at batch 4: 2 steps/epoch
+    seeded = BB.BBoxDiffusion(**FAST, seed=1234).fit(*data, steps=2)
+    other = BB.BBoxDiffusion(**FAST).fit(*data, steps=2, seed=1)
+    first = BB.BBoxDiffusion(**FAST).fit(*data, steps=2)
+    assert first.losses == seeded.losses != other.losses
 
 
 def test_training_lowers_the_loss_on_toy_data():

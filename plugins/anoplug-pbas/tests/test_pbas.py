@@ -99,6 +99,7 @@ def test_detector_trains_deterministically_and_round_trips(toy, tmp_path) -> Non
     train, test = toy
     seen = []
     a = PBAS(**TINY).fit(train, progress=lambda i, n, info: seen.append((i, n, info)))
+    assert a.is_fitted and [h["loss"] for h in a.history] == [s[2]["loss"] for s in seen]
     assert [s[:2] for s in seen] == [(1, 3), (2, 3), (3, 3)]
     assert all(math.isfinite(s[2]["loss"]) and s[2]["radius"] > 0 for s in seen)
     assert a.centres is not None and a.centres.shape == (8 * 8, 32)  # one centre per layer2 position (64 / 8)
@@ -108,14 +109,36 @@ def test_detector_trains_deterministically_and_round_trips(toy, tmp_path) -> Non
     assert maps.shape == (10, 1, 64, 64) and scores.shape == (10,)
     a.save(tmp_path / "pbas")
     again = PBAS.load(tmp_path / "pbas")
-    assert torch.equal(again.centres, a.centres)
+    assert again.is_fitted and torch.equal(again.centres, a.centres)
     maps2, scores2 = again.predict(test)
-    assert torch.allclose(maps, maps2, atol=1e-6) and torch.allclose(scores, scores2, atol=1e-6)
+    assert torch.equal(maps, maps2) and torch.equal(scores, scores2), "save → load changed the predictions"
     metrics = a.evaluate(test)
     for key in ("image_auroc", "pixel_auroc", "pixel_ap", "image_auroc_head"):
         assert 0.0 <= metrics[key] <= 1.0
     with pytest.raises(ValueError, match="unsupervised"):
         PBAS(**TINY).fit(train, test)
+
+
+def _weights(gen: PBAS) -> dict[str, torch.Tensor]:
+    return {f"{k}.{n}": t for k, m in gen.modules().items() for n, t in m.state_dict().items()} | \
+        {"centres": gen.centres}
+
+
+def test_resuming_a_checkpoint_gives_the_uninterrupted_weights(toy, tmp_path) -> None:
+    train, _ = toy
+    full = PBAS(**TINY).fit(train, steps=6)
+    ckpt = PBAS(**TINY).fit(train, steps=6, checkpoint_every=2, checkpoint_dir=tmp_path)
+    assert sorted(d.name for d in tmp_path.iterdir()) == ["step-000002", "step-000004"]
+    for name in ("config.json", "weights.safetensors", "training_state.json", "training_state.safetensors"):
+        assert (tmp_path / "step-000004" / name).is_file(), name
+    resumed = PBAS(**TINY).fit(train, steps=6, resume_from=tmp_path / "step-000004")
+    want = _weights(full)
+    for got in (_weights(ckpt), _weights(resumed)):
+        assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want), \
+            [k for k in want if not torch.equal(want[k], got[k])]
+    assert resumed.history == full.history and len(full.history) == 6
+    mid = PBAS.load(tmp_path / "step-000002")  # a checkpoint is a loadable (partly trained) model
+    assert mid.is_fitted and mid.centres is not None and not torch.equal(mid.projection.weight, full.projection.weight)
 
 
 def test_training_compacts_features_toward_the_centres(toy) -> None:

@@ -108,6 +108,7 @@ def test_detector_trains_deterministically_and_round_trips(toy, tmp_path) -> Non
     train, test = toy
     seen = []
     a = SuperSimpleNet(**TINY).fit(train, progress=lambda i, n, info: seen.append((i, n, info["loss"])))
+    assert a.is_fitted and [h["loss"] for h in a.history] == [s[2] for s in seen]
     assert [s[:2] for s in seen] == [(1, 3), (2, 3), (3, 3)] and all(math.isfinite(s[2]) for s in seen)
     b = SuperSimpleNet(**TINY).fit(train)
     for (ka, ta), (kb, tb) in zip(a.adaptor.state_dict().items(), b.adaptor.state_dict().items()):
@@ -117,11 +118,44 @@ def test_detector_trains_deterministically_and_round_trips(toy, tmp_path) -> Non
     assert bool(((scores >= 0) & (scores <= 1)).all()) and bool(torch.isfinite(maps).all())
     a.save(tmp_path / "ssn")
     again = SuperSimpleNet.load(tmp_path / "ssn")
+    assert again.is_fitted
     maps2, scores2 = again.predict(test)
-    assert torch.allclose(maps, maps2, atol=1e-6) and torch.allclose(scores, scores2, atol=1e-6)
+    assert torch.equal(maps, maps2) and torch.equal(scores, scores2), "save → load changed the predictions"
     metrics = a.evaluate(test)
     for key in ("image_auroc", "pixel_auroc", "pixel_ap", "image_auroc_head"):
         assert 0.0 <= metrics[key] <= 1.0
+
+
+def _weights(gen: SuperSimpleNet) -> dict[str, torch.Tensor]:
+    return {f"{k}.{n}": t for k, m in gen.modules().items() for n, t in m.state_dict().items()}
+
+
+@pytest.mark.parametrize("preset", ["mvtec", "supervised"])
+def test_resuming_a_checkpoint_gives_the_uninterrupted_weights(toy, tmp_path, preset) -> None:
+    train, _ = toy
+    real = ToyDataset("metal", "test", 64).batch([1, 2]) if preset == "supervised" else None  # clip_grad on
+    params = {**TINY, **PRESETS[preset]}
+    full = SuperSimpleNet(**params).fit(train, real, steps=6)  # lr decays at steps 4 and 5
+    ckpt = SuperSimpleNet(**params).fit(train, real, steps=6, checkpoint_every=2, checkpoint_dir=tmp_path)
+    assert sorted(d.name for d in tmp_path.iterdir()) == ["step-000002", "step-000004"]
+    for name in ("config.json", "weights.safetensors", "training_state.json", "training_state.safetensors"):
+        assert (tmp_path / "step-000004" / name).is_file(), name
+    resumed = SuperSimpleNet(**params).fit(train, real, steps=6, resume_from=tmp_path / "step-000004")
+    want = _weights(full)
+    for got in (_weights(ckpt), _weights(resumed)):
+        assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want), \
+            [k for k in want if not torch.equal(want[k], got[k])]
+    assert resumed.history == full.history and len(full.history) == 6
+
+
+def test_training_follows_the_official_optimiser_and_schedule(toy) -> None:
+    gen = SuperSimpleNet(**TINY, **PRESETS["supervised"])
+    gen.build(toy[0], None, torch.Generator())
+    (opt,) = gen.optimizers().values()
+    assert [(g["lr"], g["weight_decay"]) for g in opt.param_groups] == [(1e-4, 0.01), (2e-4, 1e-5), (2e-4, 1e-5)]
+    (sched,) = gen.schedulers({"adamw": opt}, 100).values()
+    assert sorted(sched.milestones) == [80, 90] and sched.gamma == 0.4
+    assert gen.clip_grad_norm == 1.0 and SuperSimpleNet(**TINY).clip_grad_norm is None
 
 
 def test_supervised_fit_uses_real_masks(toy) -> None:

@@ -25,7 +25,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from pydantic import Field
 
-from anoplug.generator import Generator, NotFittedError, Paper, Requires
+from anoplug.conditions import ConditionError
+from anoplug.generator import NotFittedError, Paper, Requires, Samples
+from anoplug.learned import LearnedGenerator
 from anoplug.params import Params
 from anoplug.types import GOOD, Batch
 
@@ -80,12 +82,15 @@ class AnomalyDiffusionParams(Params):
     anomaly_type: str = Field("", description="type to generate ('' = drawn per sample among the fitted types)")
     mask_tokens: int = Field(16, ge=1, le=32, description="textual-inversion tokens of the mask model")
     mask_init_word: str = Field("crack", description="word whose embedding initialises the mask tokens")
-    mask_fit_steps: int = Field(30001, ge=0, le=100_000, description="mask-model training steps (0 = no mask model)")
+    mask_fit_steps: int = Field(30001, ge=0, le=100_000, description="mask-model training steps per type "
+                                "(0 = no mask model: generate then needs conditions.target_mask)")
     mask_steps: int = Field(100, ge=1, le=1000, description="DDIM steps for mask synthesis")
     mask_eta: float = Field(1.0, ge=0.0, le=1.0, description="DDIM eta for mask synthesis")
     mask_guidance: float = Field(5.0, ge=1.0, le=30.0, description="classifier-free guidance for mask synthesis")
     mask_threshold: float = Field(0.8, gt=0.0, lt=1.0, description="channel mean above this is anomalous")
     mask_attempts: int = Field(8, ge=1, le=100, description="masks drawn per sample until one passes the border check")
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="seed of fit's draws (batches, augmentation, timesteps, noise, "
+                      "templates); fit(seed=) overrides it")
 
 
 class SpatialEncoder(nn.Module):
@@ -136,8 +141,22 @@ def border_ok(mask: torch.Tensor) -> torch.Tensor:
     return (rows <= w / 3).all(-1) & (m.sum((1, 2)) > 0)
 
 
-class AnomalyDiffusion(Generator):
-    """Few-shot: ``fit(normals, anomalies)`` on a few real defects per type, then ``generate(batch, mask=...)``."""
+class _Vectors(nn.Module):
+    """The learned token vectors: e_a of every type (one tensor, one optimiser) and one mask-model tensor per type
+    (each its own textual inversion, so each gets its own optimiser)."""
+
+    def __init__(self, appearance: torch.Tensor, mask: torch.Tensor) -> None:
+        super().__init__()
+        self.appearance = nn.Parameter(appearance)  # [n_types, n_a, D]
+        self.mask = nn.ParameterList([nn.Parameter(m.clone()) for m in mask])  # n_types × [n_m, D]
+
+
+class AnomalyDiffusion(LearnedGenerator):
+    """Few-shot: ``fit(normals, anomalies)`` on a few real defects per type, then ``generate(batch)``.
+
+    ``batch.conditions.target_mask`` (optional) says where the defect goes; without it the
+    mask model draws one per sample.
+    """
 
     name = "anomalydiffusion"
     title = "AnomalyDiffusion: spatial anomaly embedding + blended latent diffusion"
@@ -146,16 +165,31 @@ class AnomalyDiffusion(Generator):
     paper = Paper("AnomalyDiffusion: Few-Shot Anomaly Image Generation with Diffusion Model", "AAAI", 2024,
                   "https://arxiv.org/abs/2312.05767", "https://github.com/sjtuplayer/anomalydiffusion")
     Params = AnomalyDiffusionParams
-    requires = Requires(fit=True, anomalies=True, weights="CompVis/ldm-text2im-large-256 (offline: tiny-base)")
+    requires = Requires(fit=True, anomalies=True, weights="CompVis/ldm-text2im-large-256 (offline: tiny-base)",
+                        accepts=("target_mask",))
     preserves_outside_mask: ClassVar[bool] = True  # with paste_background (the default)
 
     def __init__(self, params: Any = None, **kw: Any) -> None:
         super().__init__(params, **kw)
         self.types: list[str] = []
         self.encoder: SpatialEncoder | None = None
-        self.appearance: torch.Tensor | None = None  # [n_types, n_a, D]
-        self.mask_vectors: torch.Tensor | None = None  # [n_types, n_m, D]
-        self.losses: dict[str, list[float]] = {}
+        self.vectors: _Vectors | None = None
+        self.history: list[dict] = []
+
+    @property
+    def appearance(self) -> torch.Tensor | None:
+        """e_a, ``[n_types, n_a, D]`` (the trained parameter itself: copy into it in place)."""
+        return None if self.vectors is None else self.vectors.appearance
+
+    @property
+    def mask_vectors(self) -> torch.Tensor | None:
+        """The mask model's token vectors, ``[n_types, n_m, D]`` (a copy)."""
+        return None if self.vectors is None else torch.stack([v.detach() for v in self.vectors.mask])
+
+    @property
+    def losses(self) -> dict[str, list[float]]:
+        """Loss per step of the last fit: ``"image"`` (e_a + encoder) and ``"mask"`` (every type's mask model, in turn)."""
+        return {ph: [h["loss"] for h in self.history if h.get("phase") == ph] for ph in ("image", "mask")}
 
     # -- the frozen base model --------------------------------------------------------------
     @property
@@ -204,8 +238,8 @@ class AnomalyDiffusion(Generator):
         init = self._embedding(parts).base.weight[parts.tokenizer(p.init_word, add_special_tokens=False).input_ids[0]]
         minit = self._embedding(parts).base.weight[parts.tokenizer(p.mask_init_word, add_special_tokens=False).input_ids[0]]
         self.types = list(types)
-        self.appearance = init.detach().float().clone()[None, None].repeat(len(types), p.appearance_tokens, 1)
-        self.mask_vectors = minit.detach().float().clone()[None, None].repeat(len(types), p.mask_tokens, 1)
+        self.vectors = _Vectors(init.detach().float().clone()[None, None].repeat(len(types), p.appearance_tokens, 1),
+                                minit.detach().float().clone()[None, None].repeat(len(types), p.mask_tokens, 1))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)  # the encoder's initial weights are part of the method's configuration
             self.encoder = SpatialEncoder(p.spatial_tokens, dim, p.encoder_width)
@@ -214,21 +248,33 @@ class AnomalyDiffusion(Generator):
         return {"encoder": self.encoder} if self.encoder is not None else {}
 
     def to(self, device: str | torch.device) -> AnomalyDiffusion:
-        """Move the learned tensors and the (shared) base pipeline."""
+        """Move the learned tensors (in place) and the (shared) base pipeline."""
         super().to(device)
         _pipeline(self.params.base_model).to(self.device)
-        if self.appearance is not None:
-            self.appearance, self.mask_vectors = self.appearance.to(self.device), self.mask_vectors.to(self.device)
+        if self.vectors is not None:
+            self.vectors.to(self.device)
         return self
 
     def extra_state(self) -> dict[str, torch.Tensor]:
-        if self.appearance is None:
+        if self.vectors is None:
             return {}
-        return {"appearance": self.appearance, "mask_vectors": self.mask_vectors}
+        return {"appearance": self.appearance.detach(), "mask_vectors": self.mask_vectors}
 
     def load_extra_state(self, tensors: dict[str, torch.Tensor]) -> None:
-        if tensors:
-            self.appearance, self.mask_vectors = tensors["appearance"].clone(), tensors["mask_vectors"].clone()
+        """Copy saved vectors into the learned ones in place (an optimiser may hold them: resume)."""
+        if not tensors:
+            return
+        if self.vectors is None:
+            raise ValueError(f"{self.name}: saved vectors {sorted(tensors)} but no fitted anomaly types to load them into")
+        if set(tensors) != {"appearance", "mask_vectors"}:
+            raise ValueError(f"{self.name}: expected extra tensors appearance and mask_vectors, got {sorted(tensors)}")
+        for key, have in (("appearance", self.appearance), ("mask_vectors", self.mask_vectors)):
+            if tuple(tensors[key].shape) != tuple(have.shape):
+                raise ValueError(f"{self.name}: saved {key} is {list(tensors[key].shape)}, this model has {list(have.shape)}")
+        with torch.no_grad():
+            self.vectors.appearance.copy_(tensors["appearance"])
+            for k, v in enumerate(self.vectors.mask):
+                v.copy_(tensors["mask_vectors"][k])
 
     def config(self) -> dict[str, Any]:
         return {**super().config(), "anomaly_types": self.types, "losses": {k: v[-5:] for k, v in self.losses.items()}}
@@ -265,90 +311,82 @@ class AnomalyDiffusion(Generator):
             return z, m
         return aug
 
-    def fit(self, normals: Batch | None, anomalies: Batch | None = None, *, steps: int | None = None,
-            progress: Callable[[int, int, dict], None] | None = None, mask_steps: int | None = None,
-            seed: int = 0) -> AnomalyDiffusion:
-        """Learn e_a per type + the spatial encoder (masked loss), then the per-type mask model.
+    def build(self, normals: Batch | None, anomalies: Batch | None, generator: torch.Generator) -> dict[str, Any]:
+        """Pick the training shots, create e_a, the mask vectors and the encoder, encode images and masks once.
 
-        ``normals`` are not needed for training (generation takes them as input); ``steps`` and
-        ``mask_steps`` override ``fit_steps`` and ``mask_fit_steps``.
+        ``normals`` are not needed for training (generation takes them as input). The fit has
+        two phases: ``fit_steps`` (or ``fit(steps=)``) steps of e_a + the spatial encoder with
+        the masked loss, then ``mask_fit_steps`` steps of the mask model per type.
         """
-        from anoplug.diffusion.inversion import train_embeddings
-
         if anomalies is None or len(anomalies) == 0:
             raise ValueError(f"{self.name}.fit needs anomalies (images, masks and labels of real defects)")
         if not all(bool(anomalies.mask[i].any()) and anomalies.label[i] != GOOD for i in range(len(anomalies))):
             raise ValueError(f"{self.name}.fit: every anomaly needs a non-empty mask and a defect label (not 'good')")
-        p = self.params
         parts = self.parts
-        keep = self._select(anomalies)
-        data = anomalies[keep]
+        data = anomalies[self._select(anomalies)]
         types = list(dict.fromkeys(data.label))
         self._build(parts, types)
         size = self._size(parts)
-        g = torch.Generator().manual_seed(seed)
         img = F.interpolate(data.image, size=(size, size), mode="bicubic", align_corners=False).clamp(0, 1)
         pix_mask = (F.interpolate(data.mask, size=(size, size), mode="bilinear", align_corners=False) > 0.5).float()
         with torch.no_grad():
             z0 = parts.encode_image(img)
-            mask_rgb = parts.encode_image(pix_mask.expand(-1, 3, -1, -1))
-        lat_mask = self._latent_mask(pix_mask, z0.shape[-2:])
-        type_idx = torch.tensor([types.index(t) for t in data.label])
+            mask_latents = parts.encode_image(pix_mask.expand(-1, 3, -1, -1))
+        return {"parts": parts, "latents": z0, "pix_mask": pix_mask, "lat_mask": self._latent_mask(pix_mask, z0.shape[-2:]),
+                "type_idx": torch.tensor([types.index(t) for t in data.label]), "mask_latents": mask_latents,
+                "of_type": [[i for i, lab in enumerate(data.label) if lab == t] for t in types]}
+
+    def planned_steps(self, steps: int | None, data: dict[str, Any]) -> int:
+        data["image_steps"] = self.params.fit_steps if steps is None else int(steps)
+        return data["image_steps"] + len(self.types) * self.params.mask_fit_steps
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """Adam (lr ``lr``) on e_a + the encoder, and a fresh Adam per type's mask vectors (as one inversion each)."""
+        lr = self.params.lr
+        opts = {"image": torch.optim.Adam([self.vectors.appearance, *self.encoder.parameters()], lr=lr)}
+        opts.update({f"mask{k}": torch.optim.Adam([v], lr=lr) for k, v in enumerate(self.vectors.mask)})
+        return opts
+
+    def _templates(self, star: str, g: torch.Generator) -> Callable[[torch.Tensor], list[str]]:
+        return lambda idx: [TEMPLATES[int(j)].format(star) for j in torch.randint(0, len(TEMPLATES), (len(idx),), generator=g)]
+
+    def training_step(self, data: dict[str, Any], step: int, generator: torch.Generator) -> dict[str, Any]:
+        """Image phase: masked ε-loss through e_a + the encoder; then per type, the mask model's unmasked ε-loss.
+
+        Only the current phase's tensors get gradients, so only its optimiser moves.
+        """
+        from anoplug.diffusion.inversion import embedding_loss
+
+        p, parts = self.params, data["parts"]
         emb = self._embedding(parts)
-        ids = self._ids(parts, APPEAR, p.appearance_tokens) + self._ids(parts, SPATIAL, p.spatial_tokens)
-        appearance = nn.Parameter(self.appearance.clone())
-        self.encoder.train()
+        if step < data["image_steps"]:
+            ids = self._ids(parts, APPEAR, p.appearance_tokens) + self._ids(parts, SPATIAL, p.spatial_tokens)
 
-        def inject(idx: torch.Tensor):
-            vec = torch.cat([appearance[type_idx[idx]], self.encoder(pix_mask[idx])], 1)
-            return emb.injected(vec, ids)
+            def inject(idx: torch.Tensor) -> Any:
+                vec = torch.cat([self.vectors.appearance[data["type_idx"][idx]], self.encoder(data["pix_mask"][idx])], 1)
+                return emb.injected(vec, ids)
 
-        star = self._star()
-        prompts = lambda idx: [TEMPLATES[int(j)].format(star) for j in torch.randint(0, len(TEMPLATES), (len(idx),), generator=g)]
-        n_steps = p.fit_steps if steps is None else int(steps)
-        self.losses["image"] = train_embeddings(parts, z0, prompts, [appearance, *self.encoder.parameters()],
-                                                steps=n_steps, lr=p.lr, batch_size=p.batch_size, generator=g,
-                                                loss_mask=lat_mask, inject=inject, augment=self._augment(g),
-                                                progress=progress)
-        self.encoder.eval()
-        self.appearance = appearance.detach().clone()
-        self._fit_mask_model(parts, mask_rgb, data.label, g, p.mask_fit_steps if mask_steps is None else int(mask_steps),
-                             progress)
-        self._fitted = True
-        return self
-
-    def _fit_mask_model(self, parts: Any, mask_latents: torch.Tensor, labels: Sequence[str], g: torch.Generator,
-                        steps: int, progress: Callable | None) -> None:
-        """One textual inversion (``mask_tokens`` vectors, unmasked loss) per type on its mask images."""
-        from anoplug.diffusion.inversion import train_embeddings
-
-        emb = self._embedding(parts)
-        ids = self._ids(parts, MASKTOK, self.params.mask_tokens)
-        self.losses["mask"] = []
-        if steps <= 0:
-            return
-        for k, t in enumerate(self.types):
-            idx = [i for i, lab in enumerate(labels) if lab == t]
-            vec = nn.Parameter(self.mask_vectors[k].clone())
-            star = self._mask_star()
-            prompts = lambda sel, star=star: [TEMPLATES[int(j)].format(star)
-                                              for j in torch.randint(0, len(TEMPLATES), (len(sel),), generator=g)]
-            inject = lambda sel, vec=vec: emb.injected(vec[None].expand(len(sel), -1, -1), ids)
-            self.losses["mask"] += train_embeddings(parts, mask_latents[idx], prompts, [vec], steps=steps, lr=self.params.lr,
-                                                    batch_size=self.params.batch_size, generator=g, inject=inject,
-                                                    progress=progress)
-            self.mask_vectors[k] = vec.detach()
+            loss = embedding_loss(parts, data["latents"], self._templates(self._star(), generator), batch_size=p.batch_size,
+                                  generator=generator, loss_mask=data["lat_mask"], inject=inject,
+                                  augment=self._augment(generator))
+            return {"loss": loss, "phase": "image"}
+        k = (step - data["image_steps"]) // p.mask_fit_steps
+        vec, ids = self.vectors.mask[k], self._ids(parts, MASKTOK, p.mask_tokens)
+        loss = embedding_loss(parts, data["mask_latents"][data["of_type"][k]], self._templates(self._mask_star(), generator),
+                              batch_size=p.batch_size, generator=generator,
+                              inject=lambda sel: emb.injected(vec[None].expand(len(sel), -1, -1), ids))
+        return {"loss": loss, "phase": "mask", "type": self.types[k]}
 
     def _latent_mask(self, pix_mask: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
         m = F.interpolate(pix_mask.float(), size=tuple(size), mode="area")
         return (m > self.params.latent_mask_threshold).float()
 
     # -- generation ---------------------------------------------------------------------------
-    def sample(self, batch: Batch, rngs: Sequence[torch.Generator]) -> list[dict]:
+    def sample(self, batch: Batch, rngs: Sequence[torch.Generator]) -> Samples:
         """Per sample: the anomaly type and the prompt template (noise is drawn later from the same rng)."""
         if not self.types:
             raise NotFittedError(f"{self.name} has no fitted anomaly types")
-        out = []
+        out = Samples()
         for g in rngs:
             if self.params.anomaly_type:
                 if self.params.anomaly_type not in self.types:
@@ -357,6 +395,19 @@ class AnomalyDiffusion(Generator):
             else:
                 t = self.types[int(torch.randint(0, len(self.types), (1,), generator=g))]
             out.append({"anomaly_type": t, "template": int(torch.randint(0, len(TEMPLATES), (1,), generator=g))})
+        return out
+
+    def _replayed(self, samples: Samples) -> Samples:
+        """Check replayed records (type fitted, template in range); copies, without the mask attempts (re-counted)."""
+        out = Samples()
+        for i, s in enumerate(samples):
+            if not isinstance(s, dict) or s.get("anomaly_type") not in self.types:
+                raise ValueError(f"samples[{i}]['anomaly_type'] {s.get('anomaly_type') if isinstance(s, dict) else s!r} "
+                                 f"was not fitted; known: {self.types}")
+            tpl = s.get("template")
+            if isinstance(tpl, bool) or not isinstance(tpl, int) or not 0 <= tpl < len(TEMPLATES):
+                raise ValueError(f"samples[{i}]['template'] must be an int in [0, {len(TEMPLATES)}), got {tpl!r}")
+            out.append({"anomaly_type": s["anomaly_type"], "template": tpl})
         return out
 
     @torch.no_grad()
@@ -368,7 +419,7 @@ class AnomalyDiffusion(Generator):
         parts = self.parts
         emb = self._embedding(parts)
         ids = self._ids(parts, MASKTOK, p.mask_tokens)
-        vec = torch.stack([self.mask_vectors[self.types.index(t)] for t in types])
+        vec = torch.stack([self.vectors.mask[self.types.index(t)] for t in types])
         lat = parts.unet.config.sample_size if not p.resolution else p.resolution // parts.vae_factor
         shape = (len(types), parts.unet.config.in_channels, lat, lat)
         uncond = parts.encode_text([""] * len(types))
@@ -402,34 +453,36 @@ class AnomalyDiffusion(Generator):
         return out, attempts
 
     @torch.no_grad()
-    def apply(self, batch: Batch, samples: list[dict], mask: torch.Tensor | None = None,
-              rngs: Sequence[torch.Generator] | None = None, **conditions: Any) -> Batch:
-        raise NotImplementedError("AnomalyDiffusion draws noise inside its sampling loop; call generate()")
+    def generate_batch(self, batch: Batch, rngs: Sequence[torch.Generator],
+                       samples: Samples | None = None) -> tuple[Batch, Samples]:
+        """Draw type + template (or replay them), the mask unless ``conditions.target_mask`` gives it, then denoise.
 
-    @torch.no_grad()
-    def _generate(self, batch: Batch, rngs: Sequence[torch.Generator], mask: torch.Tensor | None = None,
-                  **conditions: Any) -> tuple[Batch, list[dict]]:
+        Draw order per sample rng: type, template, [mask model: template + DDIM noise per attempt],
+        image DDIM noise. A replay still runs :meth:`sample` first, so each rng reaches its
+        noise where the original call did: the same seeds and records give the same bytes, and
+        an edited record (another type or template) changes only what it names.
+        """
         from anoplug.diffusion.attention import AttentionState, attention_processors
         from anoplug.diffusion.blend import blended_sample, finish
 
-        if conditions:
-            raise TypeError(f"{self.name}.generate got unknown conditions {sorted(conditions)}; it accepts mask=")
         p = self.params
-        samples = self.sample(batch, rngs)
+        drawn = self.sample(batch, rngs)  # advances every rng to where its noise starts, replay or not
+        samples = drawn if samples is None else self._replayed(samples)
         parts = self.parts
         size = self._size(parts)
         h, w = batch.size
         n = len(batch)
         types = [s["anomaly_type"] for s in samples]
-        if mask is None:
+        target = batch.conditions.target_mask
+        if target is None:
             if p.mask_fit_steps == 0:
-                raise ValueError(f"{self.name}: pass mask= (no mask model was trained: mask_fit_steps=0)")
+                raise ConditionError(f"{self.name} needs conditions.target_mask: no mask model was trained "
+                                     "(mask_fit_steps=0); set it with batch.with_conditions(target_mask=...)")
             work_mask, attempts = self.generate_masks(types, rngs, size)
-            for s, a in zip(samples, attempts):
-                s["mask_attempts"] = a
+            samples = Samples({**s, "mask_attempts": a} for s, a in zip(samples, attempts))
             out_mask = (F.interpolate(work_mask, size=(h, w), mode="bilinear", align_corners=False) > 0.5).float()
         else:
-            out_mask = self._check_mask(mask, n, h, w)
+            out_mask = target  # validated by the batch: [B,1,H,W] float32 in {0,1}
             work_mask = (F.interpolate(out_mask, size=(size, size), mode="bilinear", align_corners=False) > 0.5).float()
         img = F.interpolate(batch.image, size=(size, size), mode="bicubic", align_corners=False).clamp(0, 1)
         z0 = parts.encode_image(img)
@@ -475,19 +528,6 @@ class AnomalyDiffusion(Generator):
         gen = F.interpolate(gen, size=(h, w), mode="bicubic", align_corners=False).clamp(0, 1) if (h, w) != (size, size) else gen
         out = finish(gen, batch.image, out_mask, mode=p.blend, paste=p.paste_background)
         labels = [t if bool(out_mask[i].any()) else GOOD for i, t in enumerate(types)]
-        result = Batch(image=out.float().contiguous(), mask=out_mask, label=labels, meta=[dict(m) for m in batch.meta],
+        result = Batch(image=out.float().contiguous(), mask=out_mask.clone(), label=labels, meta=[dict(m) for m in batch.meta],
                        object_mask=batch.object_mask, depth=batch.depth, text=batch.text)
         return result, samples
-
-    @staticmethod
-    def _check_mask(mask: Any, n: int, h: int, w: int) -> torch.Tensor:
-        if not isinstance(mask, torch.Tensor):
-            raise TypeError(f"mask must be a torch.Tensor [B,1,H,W], got {type(mask).__name__}")
-        m = mask.float()
-        if m.ndim == 3:
-            m = m[:, None]
-        if m.shape[0] == 1 and n > 1:
-            m = m.expand(n, -1, -1, -1)
-        if tuple(m.shape) != (n, 1, h, w):
-            raise ValueError(f"mask must be [{n},1,{h},{w}] like the batch, got {tuple(mask.shape)}")
-        return (m > 0.5).float()

@@ -6,9 +6,11 @@ For every category of ``--data`` the engine
    AnomalyDiffusion way: the first ⌊n/3⌋ of each defect type are *reference shots* (cluster
    centres for IC-LPIPS, the real side of KID), the rest plus every good image is the
    *held-out* test set of the downstream detector — no real defect is both reference and test;
-2. generates ``n_synthetic`` anomalies per generator and seed (normals cycled as sources,
-   sample *i* seeded from ``(seed, i)``), cached under ``OUT/cache`` by a hash of everything
-   that determines them;
+2. generates ``n_synthetic`` anomalies per generator and seed, each sample's input built by
+   :func:`anoplug.data.inputs.sample_inputs` exactly as the writer builds it (sample *i*:
+   normal ``i % N``, paired source ``(i % N + 1) % N`` for generators that borrow one, seed
+   ``sample_seed(seed, i)``), cached under ``OUT/cache`` by a hash of everything that
+   determines them;
 3. runs each evaluator with the inputs its kind needs (``per_sample``: the source normals;
    ``set``: the reference shots; ``downstream``: training normals + held-out test set);
 4. writes ``results.json`` (config, every metric of every run, timings), ``results.md``
@@ -17,7 +19,11 @@ For every category of ``--data`` the engine
 
 ASBench's other axes ride on the same engine: ``ratios`` sweeps the per-sample synthetic
 probability p of the detector's training set, and a generator named ``a+b`` is the equal
-mixture of ``a`` and ``b`` (the ``hybrid`` generator of ``anoplug-asbench``).
+mixture of ``a`` and ``b`` (this plugin's ``hybrid`` generator).
+
+An evaluator may report a confidence interval of a metric ``m`` as two more metrics,
+``m_ci_low`` and ``m_ci_high`` (``downstream-utility`` does over its repeats); ``results.md``
+then shows the interval, averaged over seeds, next to the mean.
 """
 
 from __future__ import annotations
@@ -43,6 +49,10 @@ CPU_UTILITY: dict[str, Any] = {"steps": 300, "base_width": 8, "lr": 1e-3, "batch
 #: Evaluator params the bench sets so a CPU run stays within minutes (overridable per evaluator).
 CPU_OVERRIDES: dict[str, dict[str, Any]] = {"ic-lpips": {"resize": 0}, "kid": {"subsets": 100}}
 PRIMARY_UTILITY = ("image_auroc", "pixel_ap", "au_pro")
+#: Part of every cache key: bump when how a sample's input is built changes (2: paired sources as the writer does).
+INPUTS_VERSION = 2
+#: Suffixes of the two metrics that carry a confidence interval of metric ``m`` (``m_ci_low``, ``m_ci_high``).
+CI_SUFFIXES = ("_ci_low", "_ci_high")
 
 
 class BenchError(ValueError):
@@ -145,13 +155,15 @@ def _generate(cfg: BenchConfig, name: str, seed: int, normals: Any, cache_dir: P
     """(generated, source normals, seconds, from_cache)."""
     from safetensors.torch import load_file, save_file
 
+    from anoplug.data.inputs import InMemoryDataset, sample_inputs, source_indices
     from anoplug.seeding import sample_seed
     from anoplug.types import Batch
 
     params = cfg.generator_params.get(name, {})
-    idx = [i % len(normals) for i in range(cfg.n_synthetic)]
-    source = normals[idx]
-    key = _hash(name, params, seed, cfg.size, cfg.n_synthetic, [m.get("source") for m in normals.meta], cfg.fit_steps)
+    pool = InMemoryDataset(normals)
+    source = pool.batch(source_indices(range(cfg.n_synthetic), len(pool)))  # what per-sample evaluators compare with
+    key = _hash(INPUTS_VERSION, name, params, seed, cfg.size, cfg.n_synthetic, [m.get("source") for m in normals.meta],
+                cfg.fit_steps)
     path = cache_dir / f"{name}-seed{seed}-{key}.safetensors"
     if cfg.use_cache and path.is_file():
         t = load_file(str(path))
@@ -162,9 +174,9 @@ def _generate(cfg: BenchConfig, name: str, seed: int, normals: Any, cache_dir: P
     if getattr(gen, "requires", None) is not None and getattr(gen.requires, "fit", False):
         gen.fit(normals, steps=cfg.fit_steps)
     outs = []
-    for s in range(0, len(source), 16):
-        chunk = list(range(s, min(s + 16, len(source))))
-        outs.append(gen.generate(source[chunk], seeds=[sample_seed(seed, i) for i in chunk]))
+    for s in range(0, cfg.n_synthetic, 16):
+        chunk = list(range(s, min(s + 16, cfg.n_synthetic)))
+        outs.append(gen.generate(sample_inputs(gen, pool, chunk), seeds=[sample_seed(seed, i) for i in chunk]))
     out = Batch.cat(outs)
     seconds = time.perf_counter() - t0
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -293,6 +305,22 @@ def _fmt(mean: float, std: float, n: int) -> str:
     return f"{mean:.3f} ± {std:.3f}" if n > 1 else f"{mean:.3f}"
 
 
+def _is_ci(metric: str) -> bool:
+    """A bound of another metric's confidence interval (``…_ci_low`` / ``…_ci_high``), not a metric of its own."""
+    return metric.endswith(CI_SUFFIXES)
+
+
+def _cell(agg: dict, cat: str, gen: str, metric: str | None) -> str:
+    """``mean ± std`` over seeds, then the evaluator's interval ``[low, high]`` (bounds averaged over seeds) if any."""
+    if metric is None or (cat, gen, metric) not in agg:
+        return "n/a"
+    text = _fmt(*agg[(cat, gen, metric)][:3])
+    low, high = (agg.get((cat, gen, metric + sfx), (math.nan,))[0] for sfx in CI_SUFFIXES)
+    if text != "n/a" and math.isfinite(low) and math.isfinite(high):
+        text += f" [{low:.3f}, {high:.3f}]"
+    return text
+
+
 def _short(metric: str, all_metrics: Sequence[str]) -> str:
     """``evaluator/metric`` -> ``metric`` when that name is unique among the columns."""
     tail = metric.split("/", 1)[1]
@@ -308,7 +336,7 @@ def correlations(rows: list[dict]) -> list[dict]:
     agg = _aggregate(rows)
     kinds = {f"{r['evaluator']}/{r['metric']}": r["kind"] for r in rows}
     cells = sorted({(c, g) for c, g, _ in agg})
-    intrinsic = [m for m, k in kinds.items() if k != "downstream"]
+    intrinsic = [m for m, k in kinds.items() if k != "downstream" and not _is_ci(m)]
     detection = [m for m, k in kinds.items() if k == "downstream" and _is_primary_detection(m)]
     table = []
     for im in intrinsic:
@@ -333,7 +361,7 @@ def markdown(results: dict) -> str:
     rows = results["rows"] + baseline_rows(results)
     agg = _aggregate(rows)
     cfg = results["config"]
-    metrics = list(dict.fromkeys(f"{r['evaluator']}/{r['metric']}" for r in rows))
+    metrics = [m for m in dict.fromkeys(f"{r['evaluator']}/{r['metric']}" for r in rows) if not _is_ci(m)]
     swept = [m for m in metrics if "@p=" in m]
     shown = [m for m in metrics if _main_column(m) and m not in swept] or [m for m in metrics if m not in swept] or metrics
     hib = {f"{r['evaluator']}/{r['metric']}": r["higher_is_better"] for r in rows}
@@ -341,7 +369,8 @@ def markdown(results: dict) -> str:
              f"Generators: {', '.join(cfg['generators'])}; data: {', '.join(cfg['data'])}; seeds: {cfg['seeds']}; "
              f"{cfg['size']} px; {cfg['n_train']} normals; {cfg['n_synthetic']} synthetic per run; "
              f"total {results['seconds'] / 60:.1f} min.",
-             f"Downstream detector (CPU profile): {results['cpu_utility_profile']}. Values: mean ± std over seeds; "
+             f"Downstream detector (CPU profile): {results['cpu_utility_profile']}. Values: mean ± std over seeds, "
+             "then [low, high], the evaluator's confidence interval (bounds averaged over seeds) where it reports one; "
              "`_gain` = metric minus the same detector trained on normals only. All metrics: results.json.", ""]
     cats = list(dict.fromkeys(r["category"] for r in rows))
     gens = list(dict.fromkeys(r["generator"] for r in rows))
@@ -355,7 +384,7 @@ def markdown(results: dict) -> str:
                     vals = np.array([agg[(c, g, m)][0] for c in cats if (c, g, m) in agg], float)
                     cells.append(_fmt(float(np.nanmean(vals)), 0.0, 1) if np.isfinite(vals).any() else "n/a")
                 else:
-                    cells.append(_fmt(*agg[(cat, g, m)][:3]) if (cat, g, m) in agg else "n/a")
+                    cells.append(_cell(agg, cat, g, m))
             if any(c != "n/a" for c in cells):
                 lines.append(f"| {g} | " + " | ".join(cells) + " |")
         lines.append("")
@@ -389,7 +418,7 @@ def _ratio_table(agg: dict, cats: list[str], gens: list[str], swept: list[str]) 
                 cells = []
                 for c in cols:
                     key = next((m for m in swept if m.split("@p=", 1)[1] == f"{p}/{c}"), None)
-                    cells.append(_fmt(*agg[(cat, g, key)][:3]) if key and (cat, g, key) in agg else "n/a")
+                    cells.append(_cell(agg, cat, g, key))
                 if any(x != "n/a" for x in cells):
                     lines.append(f"| {cat} | {g} | {p} | " + " | ".join(cells) + " |")
     return lines + [""]
@@ -429,7 +458,8 @@ def plots(results: dict, out: Path) -> list[Path]:
             ax.set_ylim(0, 1.05)
         axes[0][0].legend(fontsize=7)
         save(fig, "utility.png")
-    intrinsic = [m for m in dict.fromkeys(f"{r['evaluator']}/{r['metric']}" for r in rows if r["kind"] != "downstream")]
+    intrinsic = [m for m in dict.fromkeys(f"{r['evaluator']}/{r['metric']}" for r in rows if r["kind"] != "downstream")
+                 if not _is_ci(m)]
     target = next((m for m in util if m.endswith("/image_auroc")), util[0] if util else None)
     if intrinsic and target:
         cols = min(len(intrinsic), 4)

@@ -1,4 +1,4 @@
-"""The ``bench`` and ``evaluate`` sub-commands, added to the main CLI by :func:`add_commands`.
+"""The ``bench`` and ``evaluate`` sub-commands, added to the ``anoplug`` CLI through the ``anoplug_commands`` hook.
 
     anoplug bench --generators draem,cutpaste,nsa --data toy:metal,wood --seeds 0,1,2 --out out/bench
     anoplug evaluate --evaluator kid --generated out/gen/metal --real toy:metal
@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +63,7 @@ def _params(items: list[str] | None, flag: str) -> dict[str, dict[str, Any]]:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from anoplug.bench import BenchConfig, parse_data, run_bench
+    from anoplug_asbench.bench import BenchConfig, parse_data, run_bench
 
     data = [d for spec in args.data for d in parse_data(spec)]
     if args.size % 32:
@@ -114,8 +113,8 @@ def read_generated_tree(root: str | Path, size: int | None = None) -> tuple[Any,
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from anoplug.bench import _open, split_shots
     from anoplug.registry import get_registry
+    from anoplug_asbench.bench import _open, split_shots
 
     reg = get_registry()
     spec = reg.spec("evaluators", args.evaluator)
@@ -149,8 +148,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_commands(sub: argparse._SubParsersAction) -> dict[str, Callable[[argparse.Namespace], int]]:
-    """Add ``bench`` and ``evaluate`` to the main parser's sub-commands; returns their handlers."""
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """Add ``bench`` and ``evaluate`` to the main parser's sub-commands, each with its handler."""
     sp = sub.add_parser("bench", help="generators x evaluators on real data: utility, fidelity, diversity, masks",
                         description="Run every generator on each data category, evaluate, and write results.json, "
                                     "results.md and plots (the ASBench protocol on CPU-sized settings).")
@@ -170,6 +169,7 @@ def add_commands(sub: argparse._SubParsersAction) -> dict[str, Callable[[argpars
     sp.add_argument("--no-cache", action="store_true", help="regenerate even when a cached set exists")
     sp.add_argument("--quiet", action="store_true", help="no progress bar")
     sp.add_argument("--verbose", action="store_true", help="log every evaluation to stderr")
+    sp.set_defaults(handler=cmd_bench)
 
     ep = sub.add_parser("evaluate", help="run one evaluator on a generated tree against real data")
     ep.add_argument("--evaluator", required=True, help="evaluator name, e.g. kid, ic-lpips, mask-precision")
@@ -179,4 +179,4 @@ def add_commands(sub: argparse._SubParsersAction) -> dict[str, Callable[[argpars
     ep.add_argument("--size", type=int, default=None, help="resize generated images to this side")
     ep.add_argument("--n-train", type=int, default=32, help="normal images taken from --real (default 32)")
     ep.add_argument("--out", default="", help="also write the report as JSON here")
-    return {"bench": cmd_bench, "evaluate": cmd_evaluate}
+    ep.set_defaults(handler=cmd_evaluate)

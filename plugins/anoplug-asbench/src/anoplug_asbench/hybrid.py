@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from pydantic import Field, field_validator
 
-from anoplug.generator import Generator, Paper, Samples
+from anoplug.generator import Generator, Paper, Requires, Samples
 from anoplug.params import Params
 from anoplug.types import Batch
 
@@ -54,6 +54,7 @@ class Hybrid(Generator):
         if self.name in self.member_names:
             raise ParamError("members: a hybrid cannot contain itself")
         self.members = [reg.get_generator(n) for n in self.member_names]
+        self.requires = Requires(accepts=tuple(dict.fromkeys(c for m in self.members for c in m.requires.uses)))
         needs_fit = [m.name for m in self.members if m.requires.fit]
         if needs_fit:
             raise ParamError(f"members: hybrid mixes training-free generators only; {', '.join(needs_fit)} must be fitted")
@@ -69,9 +70,16 @@ class Hybrid(Generator):
         parts, order = [], []
         for name, member in zip(self.member_names, self.members):
             idx = [i for i, s in enumerate(samples) if s["member"] == name]
-            if idx:
-                parts.append(member.generate(batch[idx], seeds=[samples[i]["member_seed"] for i in idx], **conditions))
-                order += idx
+            if not idx:
+                continue
+            replay = [samples[i].get("member_sample") for i in idx]
+            out = member.generate(batch[idx].keep_conditions(member.requires.uses),
+                                  seeds=[samples[i]["member_seed"] for i in idx],
+                                  samples=None if any(r is None for r in replay) else replay)
+            for k, i in enumerate(idx):  # the member's own draws complete this sample's record
+                samples[i]["member_sample"] = out.meta[k]["sample"]
+            parts.append(out)
+            order += idx
         merged = Batch.cat(parts, common_extras=True)  # e.g. NSA's soft mask exists for its samples only
         inverse = [0] * len(order)
         for pos, i in enumerate(order):

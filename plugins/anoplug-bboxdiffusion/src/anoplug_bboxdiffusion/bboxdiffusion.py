@@ -16,7 +16,7 @@ AdamW lr 1e-5, batch 8, 300 epochs. ``model="tiny"`` swaps in a small UNet for C
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -25,12 +25,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 from pydantic import Field
 
-from anoplug.generator import Generator, NotFittedError, Paper, Requires
+from anoplug.conditions import ConditionError
+from anoplug.generator import NotFittedError, Paper, Requires, Samples
+from anoplug.learned import LearnedGenerator
 from anoplug.params import Params
 from anoplug.types import GOOD, Batch
 
 BACKGROUND = "background"
-Box = tuple[int, float, float, float, float]  # (class id ≥ 1, x1, y1, x2, y2) in [0, 1]
+Box = tuple[int, float, float, float, float]  # (class id ≥ 1, x1, y1, x2, y2) in [0, 1], as the encodings take it
 
 
 # -- the encodings of the paper -------------------------------------------------------------------
@@ -106,6 +108,8 @@ class BBoxDiffusionParams(Params):
     epochs: int = Field(300, ge=1, le=10_000, description="training epochs (fit(steps=...) overrides)")
     max_boxes: int = Field(2, ge=1, le=16, description="boxes drawn per sample when generate() gets none")
     anomaly_type: str = Field("", description="class of drawn boxes ('' = drawn per box among the fitted classes)")
+    seed: int = Field(1234, ge=0, le=2**31 - 1, description="seed of fit's draws (batches, noise, timesteps); "
+                      "fit(seed=) overrides it")
 
 
 def build_unet(model: str, in_ch: int, out_ch: int, size: int) -> nn.Module:
@@ -130,8 +134,12 @@ def make_ddpm(train_steps: int) -> Any:
                          prediction_type="epsilon", clip_sample=True, variance_type="fixed_small")
 
 
-class BBoxDiffusion(Generator):
-    """``fit(normals, anomalies)`` learns image + class map from boxes; ``generate(batch, boxes=...)``."""
+class BBoxDiffusion(LearnedGenerator):
+    """``fit(normals, anomalies)`` learns image + class map from boxes; ``generate(batch)`` draws boxes or reads them.
+
+    ``batch.conditions.boxes`` (optional): one list per sample of ``(label, x1, y1, x2, y2)``,
+    the label a fitted class name or id; without it each sample draws its boxes.
+    """
 
     name = "bboxdiffusion"
     title = "BBox-guided diffusion: image and segmentation map from boxes"
@@ -140,7 +148,7 @@ class BBoxDiffusion(Generator):
     paper = Paper("Bounding Box-Guided Diffusion for Synthesizing Industrial Images and Segmentation Maps", "CVPRW", 2025,
                   "https://arxiv.org/abs/2505.03623", "https://github.com/covisionlab/diffusion_labeling")
     Params = BBoxDiffusionParams
-    requires = Requires(fit=True, anomalies=True)
+    requires = Requires(fit=True, anomalies=True, accepts=("boxes",))
     preserves_outside_mask: ClassVar[bool] = False  # the whole image is generated
 
     def __init__(self, params: Any = None, **kw: Any) -> None:
@@ -149,11 +157,16 @@ class BBoxDiffusion(Generator):
         self.size: int = 0
         self.unet: nn.Module | None = None
         self.box_stats: dict[str, float] = {}
-        self.losses: list[float] = []
+        self.history: list[dict] = []
 
     @property
     def bits(self) -> int:
         return n_bits(len(self.classes))
+
+    @property
+    def losses(self) -> list[float]:
+        """Loss per step of the last fit."""
+        return [h["loss"] for h in self.history]
 
     def _build(self, classes: Sequence[str], size: int) -> None:
         levels = 2 if self.params.model == "tiny" else 6
@@ -182,9 +195,9 @@ class BBoxDiffusion(Generator):
         return torch.stack(maps)
 
     # -- training ---------------------------------------------------------------------------------
-    def fit(self, normals: Batch | None, anomalies: Batch | None = None, *, steps: int | None = None,
-            progress: Callable[[int, int, dict], None] | None = None, seed: int = 1234) -> BBoxDiffusion:
-        """Train from scratch on anomalies (boxes = connected components of their masks) and normals (no boxes)."""
+    def build(self, normals: Batch | None, anomalies: Batch | None, generator: torch.Generator) -> dict[str, Any]:
+        """The UNet for the fitted classes, and the training pairs: anomalies (boxes = connected components of
+        their masks) and normals (no boxes), each as image + class map in analog bits and its condition."""
         if anomalies is None or len(anomalies) == 0:
             raise ValueError(f"{self.name}.fit needs anomalies with masks and labels (the boxes come from them)")
         data = anomalies if normals is None else Batch.cat([normals, anomalies])
@@ -201,35 +214,33 @@ class BBoxDiffusion(Generator):
         target_ids = torch.stack([torch.where(data.mask[i] > 0.5, float(self.classes.index(lab)) if lab != GOOD else 0.0,
                                               0.0) for i, lab in enumerate(data.label)])
         x0 = torch.cat([data.image * 2 - 1, to_bits(target_ids, self.bits)], 1)
-        cond = self.condition(boxes, h, w)
-        n_steps = steps if steps is not None else self.params.epochs * math.ceil(len(data) / self.params.batch_size)
-        sched = make_ddpm(self.params.train_steps)
-        opt = torch.optim.AdamW(self.unet.parameters(), lr=self.params.lr)
-        g = torch.Generator().manual_seed(seed)
-        self.unet.train()
-        for step in range(int(n_steps)):
-            idx = torch.randint(0, len(x0), (min(self.params.batch_size, len(x0)),), generator=g)
-            noise = torch.randn(x0[idx].shape, generator=g)
-            t = torch.randint(0, self.params.train_steps, (len(idx),), generator=g)
-            x_t = sched.add_noise(x0[idx], noise, t)
-            loss = F.mse_loss(self.unet(torch.cat([x_t, cond[idx]], 1), t).sample, noise)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            self.losses.append(loss.item())
-            if progress is not None:
-                progress(step + 1, int(n_steps), {"loss": self.losses[-1]})
-        self.unet.eval()
-        self._fitted = True
-        return self
+        return {"x0": x0, "cond": self.condition(boxes, h, w), "sched": make_ddpm(self.params.train_steps)}
+
+    def planned_steps(self, steps: int | None, data: dict[str, Any]) -> int:
+        """``steps``, or ``epochs`` passes over the data at ``batch_size``."""
+        if steps is not None:
+            return int(steps)
+        return self.params.epochs * math.ceil(len(data["x0"]) / self.params.batch_size)
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"unet": torch.optim.AdamW(self.unet.parameters(), lr=self.params.lr)}
+
+    def training_step(self, data: dict[str, Any], step: int, generator: torch.Generator) -> torch.Tensor:
+        """The ε-prediction loss on a random batch (draws: indices, noise, timesteps)."""
+        x0, g = data["x0"], generator
+        idx = torch.randint(0, len(x0), (min(self.params.batch_size, len(x0)),), generator=g)
+        noise = torch.randn(x0[idx].shape, generator=g)
+        t = torch.randint(0, self.params.train_steps, (len(idx),), generator=g)
+        x_t = data["sched"].add_noise(x0[idx], noise, t)
+        return F.mse_loss(self.unet(torch.cat([x_t, data["cond"][idx]], 1), t).sample, noise)
 
     # -- generation ---------------------------------------------------------------------------------
-    def sample(self, batch: Batch, rngs: Sequence[torch.Generator]) -> list[dict]:
+    def sample(self, batch: Batch, rngs: Sequence[torch.Generator]) -> Samples:
         """Per sample: boxes (count, class, size and place from the fitted box statistics)."""
         if not self.classes:
             raise NotFittedError(f"{self.name} is not fitted")
         st = self.box_stats or {"w_min": 0.1, "w_max": 0.4, "h_min": 0.1, "h_max": 0.4}
-        out = []
+        out = Samples()
         for g in rngs:
             k = int(torch.randint(1, self.params.max_boxes + 1, (1,), generator=g))
             u = torch.rand(k, 5, generator=g).tolist()
@@ -240,7 +251,7 @@ class BBoxDiffusion(Generator):
                 bw = st["w_min"] + b * (st["w_max"] - st["w_min"])
                 bh = st["h_min"] + c * (st["h_max"] - st["h_min"])
                 x1, y1 = dx * (1 - bw), dy * (1 - bh)
-                boxes.append((cls, round(x1, 4), round(y1, 4), round(x1 + bw, 4), round(y1 + bh, 4)))
+                boxes.append((self.classes[cls], round(x1, 4), round(y1, 4), round(x1 + bw, 4), round(y1 + bh, 4)))
             out.append({"boxes": boxes})
         return out
 
@@ -249,40 +260,59 @@ class BBoxDiffusion(Generator):
             raise ValueError(f"anomaly_type {name!r} was not fitted; known: {self.classes[1:]}")
         return self.classes.index(name)
 
-    def _check_boxes(self, boxes: Any, n: int) -> list[list[Box]]:
-        if len(boxes) != n:
-            raise ValueError(f"boxes must hold one list per sample: {len(boxes)} for {n} samples")
+    def _check_boxes(self, boxes: Sequence[Sequence[Any]], where: str) -> list[list[tuple[str, float, float, float, float]]]:
+        """Boxes with fitted classes, as ``(class name, x1, y1, x2, y2)``; errors name ``where[i]``."""
+        known = self.classes[1:]
         out = []
         for i, bx in enumerate(boxes):
             row = []
             for b in bx:
-                if len(b) != 5:
-                    raise ValueError(f"boxes[{i}]: each box is (class, x1, y1, x2, y2), got {b!r}")
-                c = self._class_id(b[0]) if isinstance(b[0], str) else int(b[0])
+                if not isinstance(b, (tuple, list)) or len(b) != 5:
+                    raise ConditionError(f"{where}[{i}]: each box is (label, x1, y1, x2, y2), got {b!r}")
+                label = b[0]
+                if isinstance(label, str):
+                    if label not in known:
+                        raise ConditionError(f"{where}[{i}]: label {label!r} was not fitted; known: {known}")
+                    name = label
+                elif isinstance(label, (int, np.integer)) and not isinstance(label, bool) and 1 <= int(label) <= len(known):
+                    name = self.classes[int(label)]
+                else:
+                    raise ConditionError(f"{where}[{i}]: label {label!r} is neither a fitted class name nor an id "
+                                         f"1..{len(known)}; known: {known}")
                 x1, y1, x2, y2 = (float(v) for v in b[1:])
-                if not (0 <= x1 < x2 <= 1 and 0 <= y1 < y2 <= 1) or not 1 <= c < len(self.classes):
-                    raise ValueError(f"boxes[{i}]: {b!r} needs 0 <= x1 < x2 <= 1, 0 <= y1 < y2 <= 1 and a fitted class")
-                row.append((c, x1, y1, x2, y2))
+                if not (0 <= x1 < x2 <= 1 and 0 <= y1 < y2 <= 1):
+                    raise ConditionError(f"{where}[{i}]: {b!r} needs 0 <= x1 < x2 <= 1 and 0 <= y1 < y2 <= 1")
+                row.append((name, x1, y1, x2, y2))
             out.append(row)
         return out
 
-    def apply(self, batch: Batch, samples: list[dict], **conditions: Any) -> Batch:
-        raise NotImplementedError("BBoxDiffusion draws noise inside its sampling loop; call generate()")
-
     @torch.no_grad()
-    def _generate(self, batch: Batch, rngs: Sequence[torch.Generator], boxes: Any = None,
-                  **conditions: Any) -> tuple[Batch, list[dict]]:
+    def generate_batch(self, batch: Batch, rngs: Sequence[torch.Generator],
+                       samples: Samples | None = None) -> tuple[Batch, Samples]:
+        """Boxes from ``conditions.boxes``, else the replayed records, else drawn; then DDPM on image + class bits.
+
+        :meth:`sample` runs first in every case, so each rng reaches its noise where the
+        original call did: a replay gives the same bytes, and edited boxes change only the
+        condition. Replayed records and ``conditions.boxes`` must agree when both are given.
+        """
         from anoplug.diffusion.blend import blended_sample
 
-        if conditions:
-            raise TypeError(f"{self.name}.generate got unknown conditions {sorted(conditions)}; it accepts boxes=")
-        samples = self.sample(batch, rngs)
-        if boxes is not None:
-            for s, bx in zip(samples, self._check_boxes(boxes, len(batch))):
-                s["boxes"] = bx
+        drawn = self.sample(batch, rngs)  # advances every rng to where its noise starts
+        boxes = [s["boxes"] for s in drawn]
+        if samples is not None:
+            boxes = self._check_boxes([s.get("boxes", []) if isinstance(s, dict) else s for s in samples], "samples")
+        if batch.conditions.boxes is not None:
+            asked = self._check_boxes(batch.conditions.boxes, "conditions.boxes")
+            for i, (a, r) in enumerate(zip(asked, boxes)):
+                if samples is not None and a != r:
+                    raise ConditionError(f"conditions.boxes[{i}] {a!r} differs from the replayed samples[{i}]['boxes'] "
+                                         f"{r!r}; give one of them")
+            boxes = asked
+        records = Samples({"boxes": bx} for bx in boxes)
         h, w = batch.size
         s = self.size
-        cond = self.condition([sm["boxes"] for sm in samples], s, s).to(self.device)
+        ids_of = [[(self.classes.index(b[0]), *b[1:]) for b in bx] for bx in boxes]
+        cond = self.condition(ids_of, s, s).to(self.device)
         sched = make_ddpm(self.params.train_steps)
         shape = (len(batch), 3 + self.bits, s, s)
 
@@ -303,4 +333,4 @@ class BBoxDiffusion(Generator):
             labels.append(self.classes[int(present.bincount().argmax())] if present.numel() else GOOD)
         out = Batch(image=image.float().contiguous(), mask=mask, label=labels, meta=[dict(m) for m in batch.meta],
                     extras={"class_map": ids})
-        return out, samples
+        return out, records

@@ -184,7 +184,10 @@ class NSA(Generator):
                                                   s_obj if use_obj else None, ctx.integral(j) if use_obj else None)
                                if present else None)
             clone = preset.clone if p.clone == "preset" else p.clone
-            out.append({"preset": name, "source_index": j, "source": "paired" if ctx.source_paired else "batch",
+            # a batch-mate's position only when the source *is* a batch-mate: paired and self sources are the
+            # sample's own, so the record stays valid in any batch (replay)
+            mate = j if j != i else None
+            out.append({"preset": name, "source_index": mate, "source": "paired" if ctx.source_paired else "batch",
                         "clone": clone, "logistic": list(preset.logistic), "n_drawn": n_drawn, "patches": patches})
         return out
 
@@ -320,7 +323,7 @@ class NSA(Generator):
         return out
 
     def _clone_job(self, i: int, s: dict, patch: dict, ctx: _Context) -> tuple[CloneJob | None, torch.Tensor]:
-        j = s["source_index"]
+        j = i if s["source_index"] is None else s["source_index"]
         y0, y1, x0, x1 = patch["src_box"]
         nh, nw = patch["size"]
         dy0, dy1, dx0, dx1 = patch["dst_box"]

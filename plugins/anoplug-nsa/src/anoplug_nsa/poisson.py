@@ -94,7 +94,7 @@ def solve_rectangles(dst: torch.Tensor, src: torch.Tensor, mask: torch.Tensor, s
             continue
         sh, eh = _sine_basis(mh, dt, dev)
         sw, ew = _sine_basis(mw, dt, dev)
-        coef = sh @ rhs[p, :, :mh, :mw] @ sw
+        coef = sh @ rhs[p, :, :mh, :mw].contiguous() @ sw  # same memory layout whatever the padding
         u[p, :, :mh, :mw] = sh @ (coef / (eh[:, None] + ew[None, :])) @ sw
     core = dst[..., 1:Nh - 1, 1:Nw - 1]
     core.copy_(torch.where(interior[:, None, 1:Nh - 1, 1:Nw - 1], u, core))
