@@ -265,7 +265,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_new_plugin(args: argparse.Namespace) -> int:
     from anoplug.scaffold import new_plugin
 
-    root = new_plugin(args.name, args.dir, title=args.title, category=args.category)
+    root = new_plugin(args.name, args.dir, title=args.title, category=args.category, learned=args.learned)
     print(f"created {root}\nnext: pip install -e {root} && pytest {root}")
     return 0
 
@@ -329,6 +329,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argpars
     sp.add_argument("--dir", default="plugins", help="parent folder (default plugins/)")
     sp.add_argument("--title", default="")
     sp.add_argument("--category", default="cutpaste")
+    sp.add_argument("--learned", action="store_true", help="a learned method (fit: modules, training step, optimisers)")
     handlers["new-plugin"] = cmd_new_plugin
 
     # Plugins add their own verbs (anoplug-asbench: bench, evaluate); a failing one shows in `anoplug plugins`.

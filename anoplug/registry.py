@@ -312,8 +312,3 @@ def _failed_command(verb: str, st: PluginStatus) -> Callable[[Any], int]:
         raise PluginError(f"command {verb!r} of plugin {st.name!r} failed to register: {st.error}")
 
     return handler
-
-
-def active_hooks() -> None:
-    """Transitional, always ``None``: the generate-observer hooks are gone. Delete with its caller in generator.py."""
-    return None

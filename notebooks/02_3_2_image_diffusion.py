@@ -78,17 +78,18 @@ t0 = time.perf_counter()
 ad.fit(None, shots, steps=FIT_STEPS)
 t_fit = time.perf_counter() - t0
 
-masks = shots.mask[torch.arange(N_IMAGES) % len(shots)]  # paint into the shots' own defect shapes
+masks = (shots.mask[torch.arange(N_IMAGES) % len(shots)] > 0.5).float()  # paint into the shots' own defect shapes
+asked = normals.with_conditions(target_mask=masks)  # where each defect must go rides on the batch
 t0 = time.perf_counter()
-out = ad.generate(normals, seed=SEED, mask=masks)
+out = ad.generate(asked, seed=SEED)
 t_step = (time.perf_counter() - t0) / SAMPLE_STEPS
 
 assert out.image.shape == normals.image.shape
-assert torch.equal(out.mask, (masks > 0.5).float()), "the mask is the one requested"
+assert torch.equal(out.mask, masks), "the mask is the one requested"
 outside = (out.mask == 0).expand_as(out.image)
 assert torch.equal(out.image[outside], normals.image[outside]), "background pasted back bit-exactly"
 assert set(out.label) <= set(ad.types), "labels are fitted defect types"
-assert torch.equal(ad.generate(normals, seed=SEED, mask=masks).image, out.image), "same seed, same bytes"
+assert torch.equal(ad.generate(asked, seed=SEED).image, out.image), "same seed, same bytes"
 print(f"fitted types {ad.types} in {t_fit:.1f} s ({FIT_STEPS} steps); sampling {1000 * t_step:.0f} ms per DDIM step "
       f"for {N_IMAGES} images at 64²")
 Image.fromarray(viz.grid(viz.triplets(normals, out, with_overlay=True), row_labels=out.label,
@@ -114,7 +115,7 @@ t_bb_fit = time.perf_counter() - t0
 
 boxes = [[(1, 0.15, 0.2, 0.55, 0.5)], [(1, 0.5, 0.45, 0.9, 0.85), (len(bb.classes) - 1, 0.1, 0.6, 0.35, 0.95)]]
 boxes = [boxes[i % 2] for i in range(N_IMAGES)]
-bb_out = bb.generate(bb_normals, seed=SEED, boxes=boxes)
+bb_out = bb.generate(bb_normals.with_conditions(boxes=boxes), seed=SEED)
 dist = torch.stack([basd(b, BB_SIZE, BB_SIZE) for b in boxes])
 inside_boxes = (dist > 0).float()
 
@@ -141,7 +142,7 @@ Image.fromarray(viz.grid(rows, col_labels=["normal", "generated", "mask", "BASD 
 # the paper's); `steps` trades time for detail.
 
 # %%
-explorer = anoplug.explore(ad, normals, conditions={"mask": masks}, seed=SEED,
+explorer = anoplug.explore(ad, normals, conditions={"target_mask": masks}, seed=SEED,
                            show=["steps", "eta", "guidance", "blend", "adaptive_reweighting", "arr_max_weight"])
 assert explorer.error is None and explorer.result is not None
 explorer

@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -103,7 +105,8 @@ generated = {
     "cutpaste (effective)": effective,
     "nsa": anoplug.get_generator("nsa").generate(normals, seed=SEED),
     "draem": anoplug.get_generator("draem", probability=1.0).generate(normals, seed=SEED),
-    "anomalydiffusion": ad.generate(normals, seed=SEED, mask=shots.mask[torch.arange(N_IMAGES) % len(shots)]),
+    "anomalydiffusion": ad.generate(normals.with_conditions(target_mask=shots.mask[torch.arange(N_IMAGES) % len(shots)]),
+                                    seed=SEED),
 }
 judge = anoplug.get_evaluator("mask-precision")
 table = {name: judge.evaluate(out, normals=normals) for name, out in generated.items()}

@@ -18,6 +18,21 @@ def test_rendered_plugin_passes_the_kit(tmp_path, pytester, monkeypatch):
     assert outcomes.get("passed", 0) >= 10 and not outcomes.get("failed"), outcomes
 
 
+def test_rendered_learned_plugin_passes_the_learned_kit(tmp_path, pytester, monkeypatch, capsys):
+    assert main(["new-plugin", "my-painter", "--dir", str(tmp_path), "--learned", "--title", "My painter"]) == 0
+    root = tmp_path / "anoplug-my-painter"
+    assert "LearnedGenerator" in (root / "src/anoplug_my_painter/method.py").read_text()
+    monkeypatch.syspath_prepend(str(root / "src"))
+    pytester.syspathinsert(str(root / "src"))
+    result = pytester.runpytest_inprocess(str(root / "tests"), "-q", "-p", "no:cacheprovider")
+    outcomes = result.parseoutcomes()
+    # the learned kit adds fit / resume / save-load checks on top of the generator kit
+    assert outcomes.get("passed", 0) >= 18 and not outcomes.get("failed") and not outcomes.get("errors"), outcomes
+    names = [r.nodeid for r in result.reprec.getreports("pytest_runtest_logreport") if r.when == "call" and r.passed]
+    assert any("test_resume_gives_the_weights_of_an_uninterrupted_run" in n for n in names)
+    assert any("test_every_used_condition_is_honoured" in n for n in names)
+
+
 def test_rendered_plugin_registers(tmp_path, monkeypatch, tmp_plugin, anoplug_pm):
     import importlib
 
