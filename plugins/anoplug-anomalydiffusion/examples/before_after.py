@@ -54,21 +54,24 @@ def main() -> int:
     normals = ToyDataset(args.category, "train", size=64, length=args.n).batch(range(args.n))
 
     gen = AnomalyDiffusion(base_model=args.base_model, steps=args.steps, adaptive_reweighting=args.arr, batch_size=4,
-                           latent_mask_threshold=args.latent_mask_threshold, guidance=args.guidance)
+                           latent_mask_threshold=args.latent_mask_threshold, guidance=args.guidance,
+                           mask_fit_steps=args.mask_fit_steps, seed=args.seed)
     t0 = time.time()
-    gen.fit(None, train_defects, steps=args.fit_steps, mask_steps=args.mask_fit_steps, seed=args.seed)
+    gen.fit(None, train_defects, steps=args.fit_steps)
     fit_s = time.time() - t0
+    asked = normals.with_conditions(target_mask=(held_out.mask > 0.5).float())
     t0 = time.time()
-    with_masks = gen.generate(normals, seed=args.seed, mask=held_out.mask)
+    with_masks = gen.generate(asked, seed=args.seed)
     gen_s = time.time() - t0
     with_generated = gen.generate(normals, seed=args.seed + 1)
     # ablation: the same masks and seed with e_a reset to the init word's embedding (the encoder stays trained)
-    learned = gen.appearance.clone()
-    gen.appearance = gen._embedding(gen.parts).base.weight[gen.parts.tokenizer(gen.params.init_word,
-                                                                               add_special_tokens=False).input_ids[0]]
-    gen.appearance = gen.appearance.detach()[None, None].expand_as(learned).clone()
-    untrained = gen.generate(normals, seed=args.seed, mask=held_out.mask)
-    gen.appearance = learned
+    learned = gen.appearance.detach().clone()
+    init = gen._embedding(gen.parts).base.weight[gen.parts.tokenizer(gen.params.init_word,
+                                                                     add_special_tokens=False).input_ids[0]]
+    with torch.no_grad():
+        gen.appearance.copy_(init.detach()[None, None].expand_as(learned))
+        untrained = gen.generate(asked, seed=args.seed)
+        gen.appearance.copy_(learned)
 
     rows = [("normal input", normals.image), ("requested mask", held_out.mask.expand(-1, 3, -1, -1)),
             ("generated", with_masks.image), ("same, e_a untrained", untrained.image),
