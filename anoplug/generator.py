@@ -19,6 +19,7 @@ import torch
 from anoplug._version import __version__ as host_version
 from anoplug.params import ParamError, Params
 from anoplug.seeding import resolve_seeds, rngs_for
+from anoplug.serial import Samples
 from anoplug.types import Batch, BatchError
 
 __all__ = ["Paper", "Requires", "Generator", "FeatureGenerator", "NotFittedError", "Samples"]
@@ -77,39 +78,6 @@ class Requires:
 
 class NotFittedError(RuntimeError):
     """A learned generator was asked to generate before ``fit`` or ``load``."""
-
-
-class Samples(list):
-    """Every random draw of one ``generate`` call: one record (a dict) per sample, in batch order.
-
-    A record holds plain values and tensors; :func:`anoplug.serial.pack` writes it
-    losslessly, and ``generate(batch, samples=...)`` replays it to the same bytes.
-    Records are per sample, not stacked, because draws are ragged (NSA draws 1–4 patches).
-    """
-
-    def __getitem__(self, idx: Any) -> Any:
-        if isinstance(idx, slice):
-            return Samples(super().__getitem__(idx))
-        return super().__getitem__(idx)
-
-    def select(self, ids: Sequence[int]) -> Samples:
-        return Samples(self[i] for i in ids)
-
-    def stack(self, key: str) -> torch.Tensor:
-        """One field of every record as a tensor with a leading sample dimension."""
-        vals = [r[key] for r in self]
-        return torch.stack(vals) if isinstance(vals[0], torch.Tensor) else torch.tensor(vals)
-
-    def pack(self, store: dict[str, torch.Tensor] | None = None, *, inline_max: int = 64) -> list:
-        from anoplug.serial import pack
-
-        return [pack(r, store, prefix=str(i), inline_max=inline_max) for i, r in enumerate(self)]
-
-    @classmethod
-    def unpack(cls, packed: Sequence[Any], store: dict[str, torch.Tensor] | None = None) -> Samples:
-        from anoplug.serial import unpack
-
-        return cls(unpack(r, store) for r in packed)
 
 
 class Generator:

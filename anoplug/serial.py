@@ -11,11 +11,12 @@ side file then keeps it. Tuples come back as tuples, integer keys as integers. `
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 
-__all__ = ["pack", "unpack", "SerialError"]
+__all__ = ["pack", "unpack", "SerialError", "Samples"]
 
 _TENSOR, _TUPLE, _FLOAT, _ITEMS = "$tensor", "$tuple", "$float", "$items"
 _DTYPES = {str(d).removeprefix("torch."): d for d in (torch.float16, torch.bfloat16, torch.float32, torch.float64,
@@ -106,3 +107,32 @@ def unpack(obj: Any, store: dict[str, torch.Tensor] | None = None) -> Any:
         wide = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
         return torch.tensor(data, dtype=wide).to(dtype).reshape(shape)
     return {k: unpack(v, store) for k, v in obj.items()}
+
+
+class Samples(list):
+    """Every random draw of one ``generate`` call: one record (a dict) per sample, in batch order.
+
+    A record holds plain values and tensors; :func:`anoplug.serial.pack` writes it
+    losslessly, and ``generate(batch, samples=...)`` replays it to the same bytes.
+    Records are per sample, not stacked, because draws are ragged (NSA draws 1–4 patches).
+    """
+
+    def __getitem__(self, idx: Any) -> Any:
+        if isinstance(idx, slice):
+            return Samples(super().__getitem__(idx))
+        return super().__getitem__(idx)
+
+    def select(self, ids: Sequence[int]) -> Samples:
+        return Samples(self[i] for i in ids)
+
+    def stack(self, key: str) -> torch.Tensor:
+        """One field of every record as a tensor with a leading sample dimension."""
+        vals = [r[key] for r in self]
+        return torch.stack(vals) if isinstance(vals[0], torch.Tensor) else torch.tensor(vals)
+
+    def pack(self, store: dict[str, torch.Tensor] | None = None, *, inline_max: int = 64) -> list:
+        return [pack(r, store, prefix=str(i), inline_max=inline_max) for i, r in enumerate(self)]
+
+    @classmethod
+    def unpack(cls, packed: Sequence[Any], store: dict[str, torch.Tensor] | None = None) -> Samples:
+        return cls(unpack(r, store) for r in packed)

@@ -190,7 +190,7 @@ class Batch:
     @property
     def samples(self) -> Any:
         """The draw records of a generated batch (``meta[i]["sample"]``): pass to ``generate(samples=)`` to replay."""
-        from anoplug.generator import Samples
+        from anoplug.serial import Samples
 
         return Samples(m.get("sample") for m in self.meta)
 

@@ -35,6 +35,7 @@ import torch
 
 from anoplug.data.base import Dataset
 from anoplug.data.inputs import InMemoryDataset, sample_inputs
+from anoplug.ops import as_batch
 from anoplug.params import ParamError, Params, coerce_value, describe_field
 from anoplug.types import Batch
 
@@ -201,38 +202,6 @@ def default_images(n: int = 4, size: int = 128) -> Batch:
         return make_toy_batch(n, size)
 
 
-def as_batch(images: Any, n: int = 4, size: int = 128) -> Batch:
-    """Accept what a notebook user has at hand: a Batch, a dataset or ``"toy:fabric"``, paths, arrays, PIL, tensors."""
-    if images is None:
-        return default_images(n, size)
-    if isinstance(images, Batch):
-        return images
-    if isinstance(images, str) and ":" in images and not Path(images).exists():
-        from anoplug.data import open_dataset
-
-        ds = open_dataset(images, split="train", size=size)
-        return ds.batch(list(range(min(n, len(ds)))))
-    if hasattr(images, "batch") and hasattr(images, "__len__"):  # an anoplug Dataset
-        return images.batch(list(range(min(n, len(images)))))
-    if isinstance(images, torch.Tensor):
-        img = images[None] if images.ndim == 3 else images
-        return Batch(image=img.float())
-    if isinstance(images, np.ndarray):
-        return Batch.from_numpy(images)
-    if isinstance(images, (str, Path)):
-        return Batch.from_paths([images])
-    if isinstance(images, Sequence) and images:
-        first = images[0]
-        if isinstance(first, (str, Path)):
-            return Batch.from_paths(list(images))
-        if isinstance(first, np.ndarray):
-            return Batch.from_numpy(list(images))
-        if hasattr(first, "convert"):  # PIL images
-            return Batch.from_pil(list(images))
-    raise TypeError(f"images: cannot make a Batch from {type(images).__name__}; pass a Batch, a dataset, "
-                    "'toy:CATEGORY', image paths, uint8 arrays, PIL images or a [B,3,H,W] tensor")
-
-
 def explorer_source(images: Any, n: int = 4, size: int = 128) -> tuple[Dataset, int]:
     """(source dataset, how many of its images to show): a dataset stays a dataset, so a paired-source
     method borrows from the same neighbour as in ``anoplug generate``; anything else becomes one."""
@@ -246,7 +215,7 @@ def explorer_source(images: Any, n: int = 4, size: int = 128) -> tuple[Dataset, 
             pass
     if isinstance(images, Dataset):
         return images, min(n, len(images))
-    b = as_batch(images, n=n, size=size)
+    b = default_images(n, size) if images is None else as_batch(images, "images", n=n, size=size)
     return InMemoryDataset(b), len(b)
 
 

@@ -9,7 +9,7 @@ plain ``clone()`` of the same batch (image + mask: the memory-bandwidth floor of
 
 - ``ratio_to_clone``: the whole public ``generate()`` call, including the host's input and
   output validation (value-range and binary-mask scans);
-- ``core_ratio_to_clone``: the method alone (``_generate``: sampling + applying);
+- ``core_ratio_to_clone``: the method alone (``generate_batch``: sampling + applying);
 - ``cpu_*``: the same from this process's CPU time (``time.process_time``), steadier than wall
   time on a machine shared with other jobs.
 
@@ -164,7 +164,7 @@ def main() -> None:
                 seeds = resolve_seeds(len(batch), seed=1)
                 t = _paired_times({"clone": lambda: batch.clone(),  # noqa: B023
                                    "generate": lambda: gen.generate(batch, seed=1),  # noqa: B023
-                                   "core": lambda: gen._generate(batch, rngs_for(seeds))}, args.repeats)  # noqa: B023
+                                   "core": lambda: gen.generate_batch(batch, rngs_for(seeds))}, args.repeats)  # noqa: B023
                 gen_s, gen_cpu = t["generate"]["wall"], t["generate"]["cpu"]
                 row = {"method": label, "generator": name, "params": params, "input": f"toy:{category}",
                        "size": size, "threads": threads, "batch": len(batch),

@@ -60,13 +60,14 @@ def main() -> int:
                                                                   output_type="pt", guidance_scale=5.0, generator=gen), s)
     mask = torch.zeros(1, 1, 64, 64)
     mask[..., 16:48, 24:40] = 1
+    asked = normals.with_conditions(target_mask=mask)
     for arr in (False, True):
-        ad = AnomalyDiffusion(steps=s, adaptive_reweighting=arr).fit(None, anomalies, steps=2, mask_steps=0)
+        ad = AnomalyDiffusion(steps=s, adaptive_reweighting=arr, mask_fit_steps=0).fit(None, anomalies, steps=2)
         res["pipelines"][f"anomalydiffusion_blend{'_arr' if arr else ''}"] = timed(
-            lambda ad=ad: ad.generate(normals, seed=0, mask=mask), s)
-    ad = AnomalyDiffusion(steps=s, adaptive_reweighting=True, guidance=5.0).fit(None, anomalies, steps=2, mask_steps=0)
-    res["pipelines"]["anomalydiffusion_blend_arr_guided"] = timed(lambda: ad.generate(normals, seed=0, mask=mask), s)
-    ad = AnomalyDiffusion(steps=s, mask_steps=s).fit(None, anomalies, steps=2, mask_steps=2)
+            lambda ad=ad: ad.generate(asked, seed=0), s)
+    ad = AnomalyDiffusion(steps=s, adaptive_reweighting=True, guidance=5.0, mask_fit_steps=0).fit(None, anomalies, steps=2)
+    res["pipelines"]["anomalydiffusion_blend_arr_guided"] = timed(lambda: ad.generate(asked, seed=0), s)
+    ad = AnomalyDiffusion(steps=s, mask_steps=s, mask_fit_steps=2).fit(None, anomalies, steps=2)
     rngs = lambda: [torch.Generator().manual_seed(i) for i in range(n)]
     res["pipelines"]["anomalydiffusion_mask_model_cfg"] = timed(lambda: ad.generate_masks(["crack"] * n, rngs(), 64), s)
     for model in ("tiny", "paper") if args.paper_bbox else ("tiny",):

@@ -85,7 +85,7 @@ def test_nsa_sample_bytes_are_the_same_through_writer_bench_and_explorer(tmp_pat
                for line in (tmp_path / "w" / "capsule" / "manifest.jsonl").read_text().splitlines()]
 
     cfg = bench.BenchConfig(generators=["nsa"], data=["toy:capsule"], size=size, n_synthetic=n, use_cache=False)
-    benched, _, _, _ = bench._generate(cfg, "nsa", seed, source.all(), tmp_path / "cache")
+    benched, _, _, _ = bench.generate_set(cfg, "nsa", seed, source.all(), tmp_path / "cache")
     explorer = Explorer(type(nsa), source, n=n, size=size, seed=seed, manual=True)
     explored = explorer.update()
     for i in range(n):

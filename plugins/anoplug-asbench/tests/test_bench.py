@@ -180,7 +180,7 @@ def test_cli_bench_and_evaluate(registry: Any, tmp_path: Any, capsys: Any) -> No
 
 def test_paired_source_samples_match_the_writer(registry: Any, tmp_path: Any) -> None:
     """Sample i of bench: normal i % N, paired source (i % N + 1) % N, seed sample_seed(seed, i) — the writer's bytes."""
-    from anoplug_asbench.bench import _generate, _open
+    from anoplug_asbench.bench import _open, generate_set
 
     from anoplug.data.inputs import InMemoryDataset
     from anoplug.data.writer import write_generated
@@ -189,7 +189,7 @@ def test_paired_source_samples_match_the_writer(registry: Any, tmp_path: Any) ->
     cfg = BenchConfig(generators=["tiny-paired"], data=["toy:metal"], out=str(tmp_path), size=32, n_train=5,
                       n_synthetic=7, use_cache=False)
     normals = _open("toy:metal", "train", 32, 5)
-    generated, source, _, _ = _generate(cfg, "tiny-paired", 3, normals, tmp_path / "cache")
+    generated, source, _, _ = generate_set(cfg, "tiny-paired", 3, normals, tmp_path / "cache")
     assert [m["source"] for m in source.meta] == [normals.meta[i % 5]["source"] for i in range(7)]
     summary = write_generated(TinyPaired(), InMemoryDataset(normals, category="metal"), tmp_path / "w", n=7, seed=3,
                               batch_size=3, progress=False)

@@ -151,7 +151,7 @@ def _make_generator(name: str, params: dict) -> Any:
     return anoplug.get_generator(name, **params)
 
 
-def _generate(cfg: BenchConfig, name: str, seed: int, normals: Any, cache_dir: Path) -> tuple[Any, Any, float, bool]:
+def generate_set(cfg: BenchConfig, name: str, seed: int, normals: Any, cache_dir: Path) -> tuple[Any, Any, float, bool]:
     """(generated, source normals, seconds, from_cache)."""
     from safetensors.torch import load_file, save_file
 
@@ -240,7 +240,7 @@ def run_bench(cfg: BenchConfig, *, progress: bool = True, log: Callable[[str], N
         for gname in cfg.generators:
             for seed in cfg.seeds:
                 bar.set_postfix_str(f"{category} {gname} seed {seed}")
-                generated, source, gen_s, cached = _generate(cfg, gname, seed, normals, out / "cache" / category)
+                generated, source, gen_s, cached = generate_set(cfg, gname, seed, normals, out / "cache" / category)
                 run = {"category": category, "data": source_name, "generator": gname, "seed": seed,
                        "generate_seconds": gen_s, "from_cache": cached, "n_generated": len(generated), "evaluators": {}}
                 inputs = {"per_sample": {"normals": source}, "downstream": {"normals": normals, "real": held_out},
