@@ -131,7 +131,9 @@ class Generator:
 
         The one method a method with its own sampling loop overrides: it draws its
         choices with :meth:`sample` unless ``samples`` is given, draws its noise from
-        ``rngs`` (one per sample) and returns the output with the records it used.
+        ``rngs`` (one per sample) and returns the output with the records it used. When
+        the noise comes from the same per-sample rng *after* ``sample()``'s draws, still
+        call ``sample()`` on replay (and discard it), so every rng is where its noise starts.
         """
         if samples is None:
             samples = Samples(self.sample(batch, rngs))

@@ -142,8 +142,10 @@ def test_replay_reproduces_bytes_and_follows_edited_boxes():
     assert cond.image.numpy().tobytes() == new.image.numpy().tobytes()
     with pytest.raises(ConditionError, match=r"conditions\.boxes\[0\].*differs from the replayed samples\[0\]"):
         gen.generate(b.with_conditions(boxes=[r["boxes"] for r in edited]), seeds=seeds, samples=records)
-    with pytest.raises(ConditionError, match=r"samples\[0\]: label 'dent'"):
+    with pytest.raises(ValueError, match=r"samples\[0\]: label 'dent'"):
         gen.generate(b, seeds=seeds, samples=[{"boxes": [("dent", 0.1, 0.1, 0.2, 0.2)]}, records[1]])
+    with pytest.raises(ValueError, match=r"samples\[1\] must be a record"):
+        gen.generate(b, seeds=seeds, samples=[records[0], {"anomaly_type": "stain"}])
 
 
 def test_resume_is_bit_identical_and_default_steps_are_epochs(tmp_path):

@@ -261,27 +261,31 @@ class BBoxDiffusion(LearnedGenerator):
         return self.classes.index(name)
 
     def _check_boxes(self, boxes: Sequence[Sequence[Any]], where: str) -> list[list[tuple[str, float, float, float, float]]]:
-        """Boxes with fitted classes, as ``(class name, x1, y1, x2, y2)``; errors name ``where[i]``."""
+        """Boxes with fitted classes, as ``(class name, x1, y1, x2, y2)``; errors name ``where[i]``.
+
+        A :class:`ConditionError` for ``conditions.boxes``, a ``ValueError`` for replayed records.
+        """
         known = self.classes[1:]
+        error = ConditionError if where.startswith("conditions") else ValueError
         out = []
         for i, bx in enumerate(boxes):
             row = []
             for b in bx:
                 if not isinstance(b, (tuple, list)) or len(b) != 5:
-                    raise ConditionError(f"{where}[{i}]: each box is (label, x1, y1, x2, y2), got {b!r}")
+                    raise error(f"{where}[{i}]: each box is (label, x1, y1, x2, y2), got {b!r}")
                 label = b[0]
                 if isinstance(label, str):
                     if label not in known:
-                        raise ConditionError(f"{where}[{i}]: label {label!r} was not fitted; known: {known}")
+                        raise error(f"{where}[{i}]: label {label!r} was not fitted; known: {known}")
                     name = label
                 elif isinstance(label, (int, np.integer)) and not isinstance(label, bool) and 1 <= int(label) <= len(known):
                     name = self.classes[int(label)]
                 else:
-                    raise ConditionError(f"{where}[{i}]: label {label!r} is neither a fitted class name nor an id "
-                                         f"1..{len(known)}; known: {known}")
+                    raise error(f"{where}[{i}]: label {label!r} is neither a fitted class name nor an id "
+                                f"1..{len(known)}; known: {known}")
                 x1, y1, x2, y2 = (float(v) for v in b[1:])
                 if not (0 <= x1 < x2 <= 1 and 0 <= y1 < y2 <= 1):
-                    raise ConditionError(f"{where}[{i}]: {b!r} needs 0 <= x1 < x2 <= 1 and 0 <= y1 < y2 <= 1")
+                    raise error(f"{where}[{i}]: {b!r} needs 0 <= x1 < x2 <= 1 and 0 <= y1 < y2 <= 1")
                 row.append((name, x1, y1, x2, y2))
             out.append(row)
         return out
@@ -300,7 +304,11 @@ class BBoxDiffusion(LearnedGenerator):
         drawn = self.sample(batch, rngs)  # advances every rng to where its noise starts
         boxes = [s["boxes"] for s in drawn]
         if samples is not None:
-            boxes = self._check_boxes([s.get("boxes", []) if isinstance(s, dict) else s for s in samples], "samples")
+            for i, rec in enumerate(samples):
+                if not isinstance(rec, dict) or not isinstance(rec.get("boxes"), (list, tuple)):
+                    raise ValueError(f"samples[{i}] must be a record {{'boxes': [(label, x1, y1, x2, y2), ...]}}, "
+                                     f"got {rec!r}")
+            boxes = self._check_boxes([rec["boxes"] for rec in samples], "samples")
         if batch.conditions.boxes is not None:
             asked = self._check_boxes(batch.conditions.boxes, "conditions.boxes")
             for i, (a, r) in enumerate(zip(asked, boxes)):

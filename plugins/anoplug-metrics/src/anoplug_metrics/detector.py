@@ -94,9 +94,14 @@ def train_detector(normals: torch.Tensor, anomalies: torch.Tensor, masks: torch.
 
     Adam(lr), MultiStepLR at 80 % and 90 % of ``steps`` with gamma 0.2 (the DRAEM schedule).
     ``callback(step, model)`` runs every ``eval_every`` steps (for opt-in checkpoint selection).
+    Every draw (initial weights, which samples, which are synthetic) comes from ``seed``; the global
+    RNG is neither used nor advanced. The result is bit-reproducible for a fixed device and thread
+    count, but not across thread counts: the conv backward sums in a thread-dependent order, and
+    training amplifies that last-bit difference into a different detector (see ``utility.py``).
     """
     g = torch.Generator().manual_seed(seed)
-    model = _init_weights(DiscriminativeUNet(3, 2, base_width), g).to(device)
+    with torch.random.fork_rng(devices=[]):  # the constructor's default init draws from (and would advance) the global RNG
+        model = _init_weights(DiscriminativeUNet(3, 2, base_width), g).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, [int(steps * 0.8), int(steps * 0.9)], gamma=0.2)
     n_norm, n_anom = len(normals), len(anomalies)

@@ -7,13 +7,29 @@ score the held-out real test set: image AUROC / AP / F1-max (image score = max o
 21x21-mean-filtered map), pixel AUROC / AP / F1-max and AU-PRO@0.3 (``anoplug.metrics``).
 
 A U-Net trained on normal images alone is already a novelty detector (on the embedded toy
-data it reaches image AUROC ~0.8 without a single anomaly), so "chance" is not 0.5. With
+data it reaches image AUROC ~0.5-0.85 without a single anomaly), so "chance" is not 0.5. With
 ``baseline=True`` the same detector (same seed, steps, sizes) is also trained with *no*
-synthetic anomalies, and every metric gets a ``*_gain`` twin: what the anomalies added. A
-generator that returns its input unchanged scores a gain of about zero.
+synthetic anomalies, and every metric gets a ``*_gain`` twin: what the anomalies added.
+
+**One training run is one draw, not a measurement.** What a from-scratch detector learns
+beyond its training targets -- above all the normals-only detector, whose targets are all
+zero, so its scores on real defects are whatever the network extrapolates -- depends on the
+seed *and on the float rounding of the run*: the same seed at 1 and at 2 CPU threads gives
+image AUROCs that differ by as much as two different seeds do (one summation order differs in
+the last bit after the first backward pass; Adam's normalised steps and 150+ steps of training
+amplify it). So the evaluator trains ``repeats`` times, repeat *r* with the derived seed
+``sample_seed(seed, r)`` (:mod:`anoplug.seeding`), and each repeat's baseline with the *same*
+seed (same initial weights, same sample draws), so every gain is a paired difference. Each
+metric is reported as the mean over the repeats plus ``<metric>_ci_low`` / ``<metric>_ci_high``:
+a two-sided Student-t ``confidence`` interval of that mean (of the paired differences for a
+``*_gain``). Student-t, not a normal interval or a bootstrap: with 3-5 repeats the sample
+standard deviation is itself uncertain (t quantile 4.30 for n = 3 at 95 %, not 1.96), and a
+bootstrap over 3 values cannot produce an honest interval. Read the intervals, not the means: an
+identity generator's gain interval contains 0, a useful generator's lies above it. Results are
+bit-reproducible for a fixed thread count and device (the count is recorded in ``details``).
 
 Checkpoint selection never looks at the test set unless ``selection="best_on_test"`` is set
-on purpose — that flag replicates the official scripts, which keep the epoch with the best
+on purpose -- that flag replicates the official scripts, which keep the epoch with the best
 *test* score and so inflate every number they report.
 """
 
@@ -21,25 +37,55 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import Field, field_validator
+from scipy import stats
 
 from anoplug.evaluator import Evaluator, Metric, Report
 from anoplug.metrics import DETECTION_METRICS, binarize_resized_mask, detection_metrics
 from anoplug.params import Params
+from anoplug.seeding import sample_seed
 from anoplug.types import GOOD, Batch
 from anoplug_metrics.detector import predict_maps, train_detector
 
-__all__ = ["DownstreamUtility", "UtilityParams"]
+__all__ = ["DownstreamUtility", "UtilityParams", "t_interval", "repeat_seeds"]
 
-_BASELINES: OrderedDict[str, dict] = OrderedDict()  # no-anomaly detector results, shared across generators
-_MAX_BASELINES = 16
+# No-anomaly detector results, one per (normals, test set, settings, repeat seed, threads); shared across generators.
+_BASELINES: OrderedDict[str, dict] = OrderedDict()
+_MAX_BASELINES = 256  # entries are a few floats; a bench keeps categories x seeds x repeats of them alive
+
+
+def t_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
+    """``(mean, low, high)``: the two-sided Student-t ``confidence`` interval of the mean of ``values``.
+
+    ``mean +/- t_{(1+confidence)/2, n-1} * s / sqrt(n)`` with ``s`` the sample standard deviation
+    (ddof 1). Non-finite values (an undefined metric) are left out; fewer than two finite values
+    give NaN bounds (one draw has no spread to estimate).
+    """
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    v = np.asarray(values, dtype=np.float64).ravel()
+    v = v[np.isfinite(v)]
+    if len(v) == 0:
+        return math.nan, math.nan, math.nan
+    mean = float(v.mean())
+    if len(v) < 2:
+        return mean, math.nan, math.nan
+    half = float(stats.t.ppf(0.5 + confidence / 2, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
+    return mean, mean - half, mean + half
+
+
+def repeat_seeds(seed: int, repeats: int) -> list[int]:
+    """The training seed of each repeat: ``sample_seed(seed, r)`` for r = 0 .. repeats-1."""
+    return [sample_seed(seed, r) for r in range(repeats)]
 
 
 class UtilityParams(Params):
@@ -55,7 +101,10 @@ class UtilityParams(Params):
         "last", description="checkpoint: last step, or (replication only, inflates results) the best on the test set")
     eval_every: int = Field(0, ge=0, le=1_000_000, description="test evaluations for best_on_test (0 = every steps/10)")
     pixel_f1: Literal["grid", "exact"] = Field("grid", description="pixel F1-max on AnomalyDiffusion's 0.05 grid or exact")
-    seed: int = Field(0, ge=0, le=2**31 - 1, description="seed of weight init and training sampling")
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="master seed; repeat r trains with sample_seed(seed, r)")
+    repeats: int = Field(3, ge=1, le=100,
+                         description="independent trainings (derived seeds) averaged; >= 2 for confidence intervals")
+    confidence: float = Field(0.95, gt=0.0, lt=1.0, description="level of the Student-t intervals over the repeats")
     baseline: bool = Field(True, description="also train on normals only and report each metric's gain over that detector")
     device: str = Field("cpu", description="torch device for training")
 
@@ -98,25 +147,63 @@ class DownstreamUtility(Evaluator):
         test_images, gts, labels = self._test_set(real)
         if labels.sum() == 0 or labels.sum() == len(labels):
             raise ValueError("downstream-utility: the real test set needs both good and defective images")
-        chosen, chosen_step, info = self._run(normals, generated, test_images, gts, labels, p.anomaly_prob)
+        seeds = repeat_seeds(p.seed, p.repeats)
+        per_repeat: list[dict] = []
+        for r, s in enumerate(seeds):
+            chosen, chosen_step, info = self._run(normals, generated, test_images, gts, labels, p.anomaly_prob, s)
+            entry = {"repeat": r, "seed": s, "metrics": chosen, "selected_step": chosen_step, **info}
+            if p.baseline:
+                base, cached = self._baseline(normals, real, test_images, gts, labels, s)
+                entry.update(baseline_metrics=dict(base["metrics"]), baseline_cached=cached,
+                             baseline_train_seconds=base["train_seconds"],
+                             gain={k: chosen[k] - base["metrics"][k] for k in DETECTION_METRICS})
+            per_repeat.append(entry)
+
+        n, level = p.repeats, f"{p.confidence:.0%}"
         note = " [selected on the TEST set: inflated, replication only]" if p.selection == "best_on_test" else ""
-        metrics = {k: Metric(float(chosen[k]), True, DETECTION_METRICS[k]
-                             + (" (0.05 threshold grid)" if k == "pixel_f1max" and p.pixel_f1 == "grid" else "") + note)
-                   for k in DETECTION_METRICS}
-        details = {**info, "selected_step": chosen_step, "n_normals": len(normals), "n_generated": len(generated),
+        over = f"mean over {n} independently seeded training{'s' if n > 1 else ''}"
+        metrics: dict[str, Metric] = {}
+        bounds: dict[str, Metric] = {}
+
+        def add(name: str, values: list[float], what: str, paired: bool) -> None:
+            mean, low, high = t_interval(values, p.confidence)
+            finite = [v for v in values if math.isfinite(v)]
+            std = float(np.std(finite, ddof=1)) if len(finite) > 1 else None
+            metrics[name] = Metric(mean, True, f"{what}; {over}", std=std)
+            ci = (f"{level} Student-t confidence interval of the mean {'paired difference ' if paired else ''}"
+                  f"over {n} repeats" + ("" if n > 1 else " (undefined: needs repeats >= 2)"))
+            bounds[f"{name}_ci_low"] = Metric(low, True, f"lower bound of {name}'s {ci}")
+            bounds[f"{name}_ci_high"] = Metric(high, True, f"upper bound of {name}'s {ci}")
+
+        for k in DETECTION_METRICS:
+            grid = " (0.05 threshold grid)" if k == "pixel_f1max" and p.pixel_f1 == "grid" else ""
+            add(k, [e["metrics"][k] for e in per_repeat], DETECTION_METRICS[k] + grid + note, paired=False)
+        if p.baseline:
+            for k in DETECTION_METRICS:
+                add(f"{k}_gain", [e["gain"][k] for e in per_repeat],
+                    f"{k} minus the same detector (same seed) trained on normals only (no synthetic anomalies)" + note,
+                    paired=True)
+        metrics.update(bounds)
+
+        details = {"repeats": per_repeat, "seeds": seeds, "confidence": p.confidence, "interval": "student-t",
+                   "torch_threads": torch.get_num_threads(), "steps": p.steps, "selection": p.selection,
+                   "train_seconds": float(sum(e["train_seconds"] for e in per_repeat)),
+                   "n_normals": len(normals), "n_generated": len(generated),
                    "n_test": len(real), "n_test_defective": int(labels.sum()),
                    "detector": f"DRAEM DiscriminativeSubNetwork, base width {p.base_width}, {p.size}px, from scratch"}
         if p.baseline:
-            base = self._baseline(normals, real, test_images, gts, labels)
+            base_metrics: dict[str, float] = {}
             for k in DETECTION_METRICS:
-                metrics[f"{k}_gain"] = Metric(float(chosen[k] - base["metrics"][k]), True,
-                                              f"{k} minus the same detector trained on normals only (no synthetic anomalies)")
-            details["baseline"] = base
+                mean, low, high = t_interval([e["baseline_metrics"][k] for e in per_repeat], p.confidence)
+                base_metrics.update({k: mean, f"{k}_ci_low": low, f"{k}_ci_high": high})
+            details["baseline"] = {"metrics": base_metrics, "seeds": seeds,
+                                   "cached": [e["baseline_cached"] for e in per_repeat],
+                                   "train_seconds": float(sum(e["baseline_train_seconds"] for e in per_repeat))}
         return Report(self.name, metrics, details=details)
 
     def _run(self, normals: Batch, generated: Batch, test_images: torch.Tensor, gts: np.ndarray, labels: np.ndarray,
-             anomaly_prob: float) -> tuple[dict, int, dict]:
-        """Train one detector and score it: (metrics, selected step, details)."""
+             anomaly_prob: float, seed: int) -> tuple[dict, int, dict]:
+        """Train one detector with ``seed`` and score it: (metrics, selected step, details)."""
         p = self.params
         t0 = time.perf_counter()
         history: list[dict] = []
@@ -132,7 +219,7 @@ class DownstreamUtility(Evaluator):
         model, losses = train_detector(
             self._resize(normals.image), self._resize(generated.image), self._resize_mask(generated.mask),
             steps=p.steps, batch_size=p.batch_size, lr=p.lr, base_width=p.base_width, anomaly_prob=anomaly_prob,
-            gamma=p.focal_gamma, seed=p.seed, device=p.device,
+            gamma=p.focal_gamma, seed=seed, device=p.device,
             callback=on_eval if p.selection == "best_on_test" else None,
             eval_every=(p.eval_every or max(p.steps // 10, 1)) if p.selection == "best_on_test" else 0)
         train_s = time.perf_counter() - t0
@@ -142,27 +229,38 @@ class DownstreamUtility(Evaluator):
             if not history or history[-1]["step"] != p.steps:
                 on_eval(p.steps, model)
             chosen, chosen_step = best["metrics"], best["step"]
-        info = {"train_seconds": train_s, "steps": p.steps, "selection": p.selection, "history": history,
+        info = {"train_seconds": train_s, "history": history,
                 "loss_first": losses[0] if losses else None,
                 "loss_last": float(np.mean(losses[-20:])) if losses else None}
         return chosen, chosen_step, info
 
-    def _baseline(self, normals: Batch, real: Batch, test_images: torch.Tensor, gts: np.ndarray, labels: np.ndarray) -> dict:
-        """The no-anomaly detector's metrics, computed once per (normals, test set, settings) in this process."""
+    def _baseline(self, normals: Batch, real: Batch, test_images: torch.Tensor, gts: np.ndarray, labels: np.ndarray,
+                  seed: int) -> tuple[dict, bool]:
+        """The no-anomaly detector trained with ``seed``: (its result, whether it came from this process's cache).
+
+        The key is everything that decides the result: the normals, the test set (images, masks
+        and labels, with shapes), every setting but the ones that do not reach this training
+        (``anomaly_prob`` is 0 here; ``baseline``, ``repeats``, ``confidence``; the master
+        ``seed`` enters as the repeat's derived seed), the device and torch's thread count.
+        """
         h = hashlib.sha1()
         for t in (normals.image, real.image, real.mask):
-            h.update(t.detach().cpu().contiguous().numpy().tobytes())
-        settings = self.params.model_dump(exclude={"anomaly_prob", "baseline", "device"})
+            t = t.detach().cpu().contiguous()
+            h.update(f"{tuple(t.shape)}{t.dtype}".encode())
+            h.update(t.numpy().tobytes())
+        settings = self.params.model_dump(exclude={"anomaly_prob", "baseline", "repeats", "confidence", "seed"})
+        settings.update(labels=list(real.label), repeat_seed=int(seed), torch_threads=torch.get_num_threads())
         h.update(json.dumps(settings, sort_keys=True).encode())
         key = h.hexdigest()
-        if key not in _BASELINES:
+        cached = key in _BASELINES
+        if not cached:
             empty = Batch(image=normals.image[:0], mask=torch.zeros(0, 1, *normals.image.shape[-2:]), label=[])
-            chosen, step, info = self._run(normals, empty, test_images, gts, labels, 0.0)
+            chosen, step, info = self._run(normals, empty, test_images, gts, labels, 0.0, seed)
             _BASELINES[key] = {"metrics": chosen, "selected_step": step, "train_seconds": info["train_seconds"]}
             while len(_BASELINES) > _MAX_BASELINES:
                 _BASELINES.popitem(last=False)
         _BASELINES.move_to_end(key)
-        return _BASELINES[key]
+        return _BASELINES[key], cached
 
     def _resize_mask(self, mask: torch.Tensor) -> torch.Tensor:
         s = self.params.size
