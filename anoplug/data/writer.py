@@ -191,6 +191,10 @@ def write_generated(generator: Any, source: Dataset, out: str | Path, *, n: int,
     if n_train is not None and n_train < 0:
         raise DataError(f"n_train must be non-negative, got {n_train}")
     n_train = min(len(source), 64 if n_train is None else int(n_train))  # never more normals than the source has
+    unused = [c for c in (conditions.names() if conditions else ()) if c not in generator.requires.uses]
+    if unused:  # refuse before anything is written
+        raise DataError(f"{generator.name} does not use conditions.{unused[0]} "
+                        f"(it uses: {', '.join(generator.requires.uses) or 'none'})")
     root = Path(out) / _safe_label(source.category or "dataset")
     identity = {"method": generator.name, "method_version": generator.version,
                 "params": generator.params.model_dump(mode="json"), "seed": int(seed), "dataset": _dataset_id(source),
