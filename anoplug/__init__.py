@@ -22,6 +22,11 @@ _LAZY = {
     "Paper": "anoplug.generator",
     "Requires": "anoplug.generator",
     "NotFittedError": "anoplug.generator",
+    "Samples": "anoplug.serial",
+    "Conditions": "anoplug.conditions",
+    "ConditionError": "anoplug.conditions",
+    "LearnedGenerator": "anoplug.learned",
+    "LearnedFeatureGenerator": "anoplug.learned",
     "Evaluator": "anoplug.evaluator",
     "Report": "anoplug.evaluator",
     "Metric": "anoplug.evaluator",
@@ -37,9 +42,12 @@ __all__ = ["API_VERSION", "__version__", "hookimpl", "CATEGORIES", "GeneratorSpe
            "get_generator", "get_evaluator", "list_generators", "register", "unregister", *_LAZY]
 
 if TYPE_CHECKING:  # pragma: no cover
+    from anoplug.conditions import ConditionError, Conditions  # noqa: F401
     from anoplug.evaluator import Evaluator, Metric, Report  # noqa: F401
     from anoplug.generator import FeatureGenerator, Generator, NotFittedError, Paper, Requires  # noqa: F401
+    from anoplug.learned import LearnedFeatureGenerator, LearnedGenerator  # noqa: F401
     from anoplug.params import ParamError, Params  # noqa: F401
+    from anoplug.serial import Samples  # noqa: F401
     from anoplug.types import Batch, BatchError  # noqa: F401
 
 

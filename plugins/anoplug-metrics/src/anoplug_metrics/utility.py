@@ -7,26 +7,31 @@ score the held-out real test set: image AUROC / AP / F1-max (image score = max o
 21x21-mean-filtered map), pixel AUROC / AP / F1-max and AU-PRO@0.3 (``anoplug.metrics``).
 
 A U-Net trained on normal images alone is already a novelty detector (on the embedded toy
-data it reaches image AUROC ~0.5-0.85 without a single anomaly), so "chance" is not 0.5. With
+data its image AUROC lands anywhere from about 0.3 to 0.9 without a single anomaly, depending on
+the seed), so "chance" is not 0.5. With
 ``baseline=True`` the same detector (same seed, steps, sizes) is also trained with *no*
 synthetic anomalies, and every metric gets a ``*_gain`` twin: what the anomalies added.
 
 **One training run is one draw, not a measurement.** What a from-scratch detector learns
 beyond its training targets -- above all the normals-only detector, whose targets are all
-zero, so its scores on real defects are whatever the network extrapolates -- depends on the
-seed *and on the float rounding of the run*: the same seed at 1 and at 2 CPU threads gives
-image AUROCs that differ by as much as two different seeds do (one summation order differs in
-the last bit after the first backward pass; Adam's normalised steps and 150+ steps of training
-amplify it). So the evaluator trains ``repeats`` times, repeat *r* with the derived seed
-``sample_seed(seed, r)`` (:mod:`anoplug.seeding`), and each repeat's baseline with the *same*
-seed (same initial weights, same sample draws), so every gain is a paired difference. Each
-metric is reported as the mean over the repeats plus ``<metric>_ci_low`` / ``<metric>_ci_high``:
-a two-sided Student-t ``confidence`` interval of that mean (of the paired differences for a
-``*_gain``). Student-t, not a normal interval or a bootstrap: with 3-5 repeats the sample
-standard deviation is itself uncertain (t quantile 4.30 for n = 3 at 95 %, not 1.96), and a
-bootstrap over 3 values cannot produce an honest interval. Read the intervals, not the means: an
-identity generator's gain interval contains 0, a useful generator's lies above it. Results are
-bit-reproducible for a fixed thread count and device (the count is recorded in ``details``).
+zero, so its scores on real defects are whatever the network happens to extrapolate -- varies
+with the seed (toy data, 150 steps: the normals-only image AUROC ranges 0.48-0.86 over eight
+seeds, sd 0.14) *and with the float rounding of the run*: at one seed, 1 and 2 CPU threads sum
+the convolution gradients in a different order, the weights differ in the last bits after the
+first step, and training amplifies that into a different detector (the identity generator's
+image-AUROC gain moves by 0.09 on average, up to 0.24, between thread counts at the same seed;
+across seeds its sd is 0.11). So the evaluator trains ``repeats`` times, repeat *r* with the
+derived seed ``sample_seed(seed, r)`` (:mod:`anoplug.seeding`), and trains each repeat's
+baseline with the *same* seed (same initial weights, same sample draws), so every gain is a
+paired difference. Each metric is the mean over the repeats, with ``<metric>_ci_low`` /
+``<metric>_ci_high``: the two-sided Student-t ``confidence`` interval of that mean (for a
+``*_gain``, of the mean paired difference), clipped to the metric's range. Student-t rather
+than a normal interval or a bootstrap because there are few repeats: with 3 the sample standard
+deviation is itself a rough estimate, which the t quantile (4.30 at 95 % for n = 3, not 1.96)
+pays for, and a bootstrap over 3 values cannot be honest. Read the intervals, not the means:
+a generator that returns its input unchanged has a gain interval containing 0, a useful one an
+interval above 0. For a fixed device and thread count the result is bit-reproducible (the
+count is recorded in ``details``); across thread counts only the intervals carry over.
 
 Checkpoint selection never looks at the test set unless ``selection="best_on_test"`` is set
 on purpose -- that flag replicates the official scripts, which keep the epoch with the best
@@ -81,6 +86,11 @@ def t_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float
         return mean, math.nan, math.nan
     half = float(stats.t.ppf(0.5 + confidence / 2, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
     return mean, mean - half, mean + half
+
+
+def _clip(bound: float, low: float, high: float = 1.0) -> float:
+    """An interval bound clipped to the metric's range (the true mean lies in it, so coverage is kept); NaN stays."""
+    return min(max(bound, low), high) if math.isfinite(bound) else bound
 
 
 def repeat_seeds(seed: int, repeats: int) -> list[int]:
@@ -159,7 +169,7 @@ class DownstreamUtility(Evaluator):
                              gain={k: chosen[k] - base["metrics"][k] for k in DETECTION_METRICS})
             per_repeat.append(entry)
 
-        n, level = p.repeats, f"{p.confidence:.0%}"
+        n, level = p.repeats, f"{p.confidence * 100:g} %"
         note = " [selected on the TEST set: inflated, replication only]" if p.selection == "best_on_test" else ""
         over = f"mean over {n} independently seeded training{'s' if n > 1 else ''}"
         metrics: dict[str, Metric] = {}
@@ -167,11 +177,13 @@ class DownstreamUtility(Evaluator):
 
         def add(name: str, values: list[float], what: str, paired: bool) -> None:
             mean, low, high = t_interval(values, p.confidence)
+            lo_lim = -1.0 if paired else 0.0  # every detection metric lies in [0, 1], so a gain in [-1, 1]
+            low, high = _clip(low, lo_lim), _clip(high, lo_lim)
             finite = [v for v in values if math.isfinite(v)]
             std = float(np.std(finite, ddof=1)) if len(finite) > 1 else None
             metrics[name] = Metric(mean, True, f"{what}; {over}", std=std)
             ci = (f"{level} Student-t confidence interval of the mean {'paired difference ' if paired else ''}"
-                  f"over {n} repeats" + ("" if n > 1 else " (undefined: needs repeats >= 2)"))
+                  f"over {n} repeats, clipped to [{lo_lim:g}, 1]" + ("" if n > 1 else " (undefined: needs repeats >= 2)"))
             bounds[f"{name}_ci_low"] = Metric(low, True, f"lower bound of {name}'s {ci}")
             bounds[f"{name}_ci_high"] = Metric(high, True, f"upper bound of {name}'s {ci}")
 
@@ -195,6 +207,7 @@ class DownstreamUtility(Evaluator):
             base_metrics: dict[str, float] = {}
             for k in DETECTION_METRICS:
                 mean, low, high = t_interval([e["baseline_metrics"][k] for e in per_repeat], p.confidence)
+                low, high = _clip(low, 0.0), _clip(high, 0.0)
                 base_metrics.update({k: mean, f"{k}_ci_low": low, f"{k}_ci_high": high})
             details["baseline"] = {"metrics": base_metrics, "seeds": seeds,
                                    "cached": [e["baseline_cached"] for e in per_repeat],
