@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -132,6 +134,11 @@ assert torch.equal(gen.generate(images, seed=SEED).image, out.image), "same seed
 print("anomalous pixels per image:", out.mask.flatten(1).sum(1).tolist())
 print("sampled parameters of image 0:", out.meta[0]["sample"])
 
+# The draw records are the recipe: replayed (here with a different seed on purpose), they
+# give the same bytes. `anoplug generate --replay MANIFEST` does this for a written dataset.
+replayed = gen.generate(images, seeds=[7] * len(images), samples=out.samples)
+assert torch.equal(replayed.image, out.image), "the records did not hold every draw"
+
 # %% [markdown]
 # ## 4. The conformance kit
 #
@@ -183,6 +190,12 @@ explorer
 #   `sample` draws only from `rngs[i]` — draw from the global RNG and the kit fails.
 # - **Masks are exact.** `preserves_outside_mask = True` made the kit check that no pixel
 #   outside the mask changed. Methods that blend or smooth (DRAEM, NSA) leave it `False`.
+# - **Conditions** a method is asked for per sample (a target mask, boxes, a prompt, a
+#   paired source image) ride on `batch.conditions` and are declared in
+#   `Requires(conditions=..., accepts=...)`; the kit checks that each one changes the output.
+# - **Learned methods** subclass `anoplug.learned.LearnedGenerator` and write only `build`,
+#   `optimizers` and `training_step`; `anoplug new-plugin NAME --learned` renders one that
+#   passes `LearnedGeneratorConformance` (fit, resume from a checkpoint, save/load).
 # - **Making it installable** is a folder `plugins/anoplug-scratch/` with a `pyproject.toml`
 #   whose `[project.entry-points.anoplug]` points at a `plugin.py` holding `ScratchPlugin`'s
 #   hook as a module-level function, with `factory="anoplug_scratch.scratch:Scratch"`; the
