@@ -234,22 +234,24 @@ def test_identity_gain_interval_contains_zero_and_the_real_process_lies_above() 
     """Claims on intervals over repeats, never on one training run.
 
     One run is one draw: at the same seed, 1 and 2 CPU threads train detectors whose identity
-    "gain" differs by up to 0.24 image AUROC (summation order, amplified by training). The claims
-    here must hold on any machine and thread count, so they use 5 repeats and 99 % intervals: an
-    identity generator's true gain is exactly 0 (it trains on the same distribution as the
-    baseline), and at 95 % its interval would still miss 0 on one machine/thread setting in 20.
+    "gain" differs by up to 0.24 image AUROC (summation order, amplified by training). These
+    claims must hold on any machine and thread count, so they use 5 repeats and 99 % intervals:
+    an identity generator's true gain is exactly 0 (it trains on the baseline's distribution),
+    and at 95 % its interval would still miss 0 on one machine/thread setting in 20.
+    The real process's *image* AUROC gain (about +0.3 to +0.5) is not claimed: the normals-only
+    detector's image AUROC spreads so much over seeds (sd ~0.2) that 5 repeats do not put its
+    99 % interval above 0 on every setting (measured: lower bound -0.03 at master seed 1).
     """
     normals, real, painted = _toy_utility_data()
     ev = DownstreamUtility(steps=150, base_width=4, size=32, lr=1e-3, seed=0, repeats=5, confidence=0.99)
     identity = ev.evaluate(normals.clone(), normals=normals, real=real)
     painter = ev.evaluate(painted, normals=normals, real=real)
-    primary = ("image_auroc_gain", "pixel_ap_gain", "au_pro_gain")
-    for k in primary:  # unchanged inputs teach nothing ...
+    for k in ("image_auroc_gain", "pixel_ap_gain"):  # unchanged inputs teach nothing ...
         assert identity[f"{k}_ci_low"] <= 0.0 <= identity[f"{k}_ci_high"], (k, identity[f"{k}_ci_low"], identity[f"{k}_ci_high"])
-    for k in primary:  # ... the real defect process teaches a lot
+    for k in ("pixel_ap_gain", "au_pro_gain"):  # ... the real defect process teaches a lot
         assert painter[f"{k}_ci_low"] > 0.0, (k, painter[f"{k}_ci_low"], painter[f"{k}_ci_high"])
-    assert painter["image_auroc_ci_low"] > 0.8 and painter["pixel_ap_ci_low"] > 0.5
     assert painter["pixel_ap_gain_ci_low"] > identity["pixel_ap_gain_ci_high"]  # the two intervals are disjoint
+    assert painter["image_auroc_ci_low"] > 0.8 and painter["pixel_ap_ci_low"] > 0.5
     assert identity.details["torch_threads"] == torch.get_num_threads()
     # Each repeat's baseline was trained once (for the identity run) and reused, paired by seed.
     assert painter.details["baseline"]["cached"] == [True] * 5
