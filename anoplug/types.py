@@ -2,11 +2,13 @@
 
 One layout everywhere (float32, channels first, values in [0, 1]) fixes the value-range
 confusion that plagues ported generators; the lossless uint8/PIL/path conversions mean
-users never hand-convert.
+users never hand-convert. Image files are read by :func:`load_image`, whose every conversion (bit depth,
+float range, palette, CMYK, alpha, masks, size cap) is a row of ``docs/image_input.md``.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -14,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from anoplug.conditions import Conditions
 
@@ -62,26 +64,235 @@ def from_uint8(a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(a)).permute(0, 3, 1, 2).float().div_(255.0)
 
 
-def load_image(path: str | Path, mode: str = "RGB") -> np.ndarray:
-    """Read an image file into uint8 HWC (or HW for ``mode="L"``) with a clear error.
+# -- reading image files -------------------------------------------------------------------------------------------
+# Every rule below is a row of docs/image_input.md; change both together.
+_U16_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+_AS_IS_MODES = ("1", "L", "P", "PA", "LA", "RGB", "RGBA", "RGBX", "YCbCr")  # PIL converts these exactly
+_ALPHA_MODES = ("LA", "PA", "RGBA")
+_TIFF_MAGIC = (b"II*\0", b"MM\0*")
+LOAD_MODES = ("RGB", "L", "mask")
 
-    Grayscale and RGBA inputs are converted to RGB (alpha dropped); 16-bit images are
-    scaled to 8 bit by their full range (65535 -> 255), which is documented, not silent.
+
+def _int_bits(im: Image.Image) -> tuple[int, bool] | None:
+    """(bits per sample, signed) of a PIL mode-"I" image, from the file format; None when it cannot tell."""
+    if im.format == "PNG":  # PNG has no integer depth above 16 (older Pillow opens 16-bit grey as "I")
+        return 16, False
+    tags = getattr(im, "tag_v2", None)
+    if im.format == "TIFF" and tags is not None:
+        bits, fmt = tags.get(258, (None,)), tags.get(339, (1,))
+        bits = bits[0] if isinstance(bits, tuple) else bits
+        fmt = fmt[0] if isinstance(fmt, tuple) else fmt
+        if isinstance(bits, int):
+            return bits, fmt == 2
+    return None
+
+
+def _float_to_u8(a: np.ndarray, path: Path) -> np.ndarray:
+    """A float image: [0, 1] is scaled by 255, [0, 255] is kept; anything else (or NaN/inf) is an error.
+
+    The ranges include half an 8-bit level of slack (values that round into 0..255 anyway), so float noise
+    such as 1.0000001 or -1e-7 is accepted; rounding is half-to-even (0.5 -> 127.5 -> 128).
     """
+    if a.size and not np.isfinite(a).all():
+        raise BatchError(f"float image {path} contains NaN or infinite values")
+    lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+    if lo >= -0.5 / 255 and hi <= 1 + 0.5 / 255:
+        a = a.astype(np.float64) * 255.0
+    elif not (lo >= -0.5 and hi <= 255.5):
+        raise BatchError(f"float image {path} has values in [{lo:.6g}, {hi:.6g}]; expected [0, 1] or [0, 255] "
+                         f"(rescale it, or save it as 8- or 16-bit)")
+    return np.clip(np.round(a), 0, 255).astype(np.uint8)
+
+
+def _array_to_u8(a: np.ndarray, path: Path, what: str) -> np.ndarray:
+    """uint8 as is, uint16 by its high byte (v >> 8), float by range; other integer depths are an error."""
+    if a.dtype == np.bool_:
+        return a.astype(np.uint8) * 255
+    if a.dtype == np.uint8:
+        return a
+    if a.dtype == np.uint16:
+        return (a >> 8).astype(np.uint8)
+    if a.dtype.kind == "f":
+        return _float_to_u8(a, path)
+    raise BatchError(f"image {path} is {what}, which has no defined black and white level; "
+                     f"save it as 8- or 16-bit unsigned, or as float in [0, 1]")
+
+
+def _to_8bit(im: Image.Image, path: Path) -> Image.Image:
+    """``im`` as a PIL image in a mode PIL converts to RGB/L exactly (see docs/image_input.md)."""
+    m = im.mode
+    if m == "P" and "transparency" in im.info:
+        return im.convert("RGBA")  # the palette's colours; the transparency is then dropped like any alpha
+    if m in _AS_IS_MODES:
+        return im
+    if m == "CMYK":  # PIL's naive formula, R = (255 - C)(255 - K) / 255, without any ICC profile: approximate
+        return im.convert("RGB")
+    if m in _U16_MODES:
+        return Image.fromarray(_array_to_u8(np.asarray(im).astype(np.uint16), path, "16-bit"), "L")
+    if m == "I":
+        bits = _int_bits(im)
+        if bits == (16, False):
+            return Image.fromarray(_array_to_u8(np.asarray(im).astype(np.uint16), path, "16-bit"), "L")
+        what = "integer of unknown depth" if bits is None else f"{bits[0]}-bit {'signed' if bits[1] else 'unsigned'} integer"
+        raise BatchError(f"image {path} is {what}, which has no defined black and white level; "
+                         f"save it as 8- or 16-bit unsigned, or as float in [0, 1]")
+    if m == "F":
+        return Image.fromarray(_float_to_u8(np.asarray(im), path), "L")
+    raise BatchError(f"image {path} has PIL mode {m!r}, which anoplug does not convert; save it as 8-bit RGB or grey")
+
+
+def _mask_nonzero(a: np.ndarray, alpha: np.ndarray | None, path: Path) -> np.ndarray:
+    """Anomalous where any colour channel of the stored value is non-zero and the pixel is not transparent."""
+    if a.dtype.kind == "f" and a.size and not np.isfinite(a).all():
+        raise BatchError(f"mask {path} contains NaN or infinite values")
+    nz = a != 0
+    if nz.ndim == 3:
+        nz = nz.any(-1)
+    if alpha is not None:
+        nz &= alpha != 0
+    return nz.astype(np.uint8) * 255
+
+
+def _pil_mask(im: Image.Image, path: Path) -> np.ndarray:
+    m = im.mode
+    if m == "P" and "transparency" in im.info:
+        im, m = im.convert("RGBA"), "RGBA"
+    elif m in ("P", "YCbCr"):
+        im, m = im.convert("RGB"), "RGB"
+    elif m == "PA":
+        im, m = im.convert("RGBA"), "RGBA"
+    if m not in ("1", "L", "LA", "RGB", "RGBA", "RGBX", "I", "F") + _U16_MODES:
+        raise BatchError(f"mask {path} has PIL mode {m!r}; save masks as 8-bit grey (0 = normal, non-zero = anomalous)")
+    a = np.asarray(im)
+    if m in _ALPHA_MODES:
+        return _mask_nonzero(a[..., :-1], a[..., -1], path)
+    return _mask_nonzero(a[..., :3] if m == "RGBX" else a, None, path)
+
+
+def _tiff_fallback(path: Path, mode: str) -> np.ndarray:
+    """TIFFs PIL cannot decode (float16/64, multi-channel float or 16-bit planar): read by tifffile, same rules."""
+    import logging
+
+    import tifffile
+
+    notes: list[str] = []
+
+    def note(record: logging.LogRecord) -> bool:  # tifffile logs what it finds wrong: keep it for the message
+        notes.append(record.getMessage())
+        return False
+
+    log = logging.getLogger("tifffile")
+    log.addFilter(note)
+    try:
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages.first
+            _check_pixels(path, int(page.imagelength) * int(page.imagewidth))
+            photometric = int(page.photometric)
+            a, axes = page.asarray(), page.axes
+    except BatchError:
+        raise
+    except Exception as e:
+        why = "; ".join(notes) or str(e) or type(e).__name__
+        raise BatchError(f"cannot read image {path}: a TIFF neither PIL nor tifffile can decode ({why})") from None
+    finally:
+        log.removeFilter(note)
+    if photometric not in (1, 2):  # MINISBLACK, RGB; not palette, CMYK, YCbCr, Lab, ... in a form PIL cannot read
+        raise BatchError(f"TIFF {path} has photometric interpretation {photometric}, which anoplug does not convert "
+                         f"when PIL cannot decode the file; save it as grey or RGB")
+    if a.ndim == 3 and axes.startswith("S"):  # planar (separate) samples first
+        a = np.moveaxis(a, 0, -1)
+    if not (a.ndim == 2 or (a.ndim == 3 and a.shape[-1] in (1, 2, 3, 4))):
+        raise BatchError(f"TIFF {path} has shape {a.shape} ({axes}); expected H x W grey or H x W x 3 colour")
+    if a.ndim == 3 and a.shape[-1] == 1:
+        a = a[..., 0]
+    alpha = None
+    if a.ndim == 3 and a.shape[-1] in (2, 4):  # grey + alpha, RGB + alpha
+        a, alpha = a[..., :-1], a[..., -1]
+        a = a[..., 0] if a.shape[-1] == 1 else a
+    if mode == "mask":
+        return _mask_nonzero(a, alpha, path)
+    im = Image.fromarray(np.ascontiguousarray(_array_to_u8(a, path, f"{a.dtype.name} TIFF")))
+    return np.asarray(im.convert(mode))
+
+
+def _deep_colour(im: Image.Image, f) -> bool:
+    """A 16-bit-per-channel colour (or grey + alpha) file that PIL decoded to 8 bit by the high byte."""
+    if im.mode not in ("RGB", "RGBA", "LA"):
+        return False
+    if im.format == "PNG":
+        f.seek(24)  # IHDR: 8-byte signature, length, type, width, height, then bit depth
+        return f.read(1) == b"\x10"
+    tags = getattr(im, "tag_v2", None)
+    if im.format == "TIFF" and tags is not None:
+        bits = tags.get(258, (8,))
+        return max(bits if isinstance(bits, tuple) else (bits,)) > 8
+    return False
+
+
+def _check_pixels(path: Path, n: int) -> None:
+    cap = Image.MAX_IMAGE_PIXELS
+    if cap is not None and n > cap:
+        raise BatchError(f"image {path} has {n} pixels, more than the limit of {int(cap)} (a decompression bomb, or an "
+                         f"image too large to hold); raise PIL.Image.MAX_IMAGE_PIXELS to read it")
+
+
+def load_image(path: str | Path, mode: str = "RGB") -> np.ndarray:
+    """Read an image file into uint8 HWC RGB (``mode="RGB"``), HW grey (``"L"``) or an HW mask (``"mask"``).
+
+    Every conversion is a row of ``docs/image_input.md``; in short: 16-bit images keep their high byte
+    (``v >> 8``, by the format's depth, never by the values), float images in [0, 1] are scaled by 255 and
+    in [0, 255] kept (rounded half to even), palette images go through their palette, CMYK by PIL's formula,
+    alpha is dropped; 32-bit and signed integer images, float images in other ranges and unknown modes are
+    refused. ``mode="mask"`` gives {0, 255}: a pixel is anomalous when any channel of its *stored* value is
+    non-zero (at any bit depth) and it is not fully transparent. A missing file is a ``FileNotFoundError``;
+    anything unreadable, truncated, refused, or larger than ``PIL.Image.MAX_IMAGE_PIXELS`` (PIL's
+    decompression-bomb limit, an error here, not a warning) is a :class:`BatchError` naming the file.
+    """
+    if mode not in LOAD_MODES:
+        raise ValueError(f"load_image mode must be one of {', '.join(LOAD_MODES)}, got {mode!r}")
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image file not found: {path}")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        warnings.simplefilter("error", Image.DecompressionBombWarning)  # PIL warns at 1x its limit: refuse
+        out = _read(path, mode)
+    for w in caught:  # a file that read fine passes PIL's remarks on (corrupt EXIF, ...); a refused one only errs
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return out
+
+
+def _read(path: Path, mode: str) -> np.ndarray:
     try:
-        with Image.open(path) as im:
+        with open(path, "rb") as f:
+            try:
+                im = Image.open(f)
+            except UnidentifiedImageError:
+                f.seek(0)
+                head = f.read(4)
+                if head in _TIFF_MAGIC:  # a TIFF PIL has no decoder for (float64, float RGB, ...)
+                    return _tiff_fallback(path, mode)
+                what = "the file is empty (0 bytes)" if not head else "not an image file PIL can decode"
+                raise BatchError(f"cannot read image {path}: {what}") from None
+            _check_pixels(path, im.width * im.height)
             im.load()
-            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-                arr = np.asarray(im, dtype=np.float64)
-                arr = np.clip(arr / 65535.0 * 255.0 if arr.max() > 255 else arr, 0, 255)
-                arr = arr.round().astype(np.uint8)
-                im = Image.fromarray(arr, "L")
-            return np.asarray(im.convert(mode))
-    except (OSError, SyntaxError, ValueError) as e:  # PIL's family of decode errors
-        raise BatchError(f"cannot read image {path}: {e}") from e
+            if mode == "mask":
+                if _deep_colour(im, f):  # PIL keeps only the high byte of 16-bit colour: read the stored values
+                    if im.format == "TIFF":
+                        return _tiff_fallback(path, mode)
+                    raise BatchError(f"mask {path} is a 16-bit colour {im.format}, whose low byte PIL drops (a "
+                                     f"value below 256 would read as 0); save masks as 8- or 16-bit grey")
+                return _pil_mask(im, path)
+            return np.asarray(_to_8bit(im, path).convert(mode))
+    except BatchError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise BatchError(f"image {path} is larger than PIL.Image.MAX_IMAGE_PIXELS ({e}); "
+                         f"raise that limit to read it") from None
+    except MemoryError:
+        raise
+    except Exception as e:  # PIL and tifffile raise many types for corrupt files; all of them mean "bad file"
+        raise BatchError(f"cannot read image {path}: {e or type(e).__name__}") from e
 
 
 @dataclass
@@ -334,23 +545,25 @@ class Batch:
     @classmethod
     def from_paths(cls, paths: Sequence[str | Path], mask_paths: Sequence[str | Path | None] | None = None,
                    size: int | tuple[int, int] | None = None, **kw: Any) -> Batch:
-        """Read image files (and optional mask files); ``size`` resizes (bilinear / nearest)."""
+        """Read image files (and optional mask files) by :func:`load_image`'s rules (``docs/image_input.md``).
+
+        A mask must have its image's size; ``size`` then resizes both (bilinear / nearest).
+        """
         hw = (size, size) if isinstance(size, int) else size
         imgs, masks = [], []
         for k, p in enumerate(paths):
             a = load_image(p)
-            if hw is not None and a.shape[:2] != hw:
-                a = np.asarray(Image.fromarray(a).resize((hw[1], hw[0]), Image.BILINEAR))
-            imgs.append(a)
             mp = mask_paths[k] if mask_paths is not None else None
             if mp is None:
                 m = np.zeros(a.shape[:2], np.uint8)
             else:
-                m = load_image(mp, mode="L")
-                if hw is not None and m.shape != hw:
-                    m = np.asarray(Image.fromarray(m).resize((hw[1], hw[0]), Image.NEAREST))
-                if m.shape != a.shape[:2]:
+                m = load_image(mp, mode="mask")
+                if m.shape != a.shape[:2]:  # at the files' own sizes, before any resizing
                     raise BatchError(f"mask {mp} is {m.shape[1]}x{m.shape[0]} but image {p} is {a.shape[1]}x{a.shape[0]}")
+            if hw is not None and a.shape[:2] != hw:
+                a = np.asarray(Image.fromarray(a).resize((hw[1], hw[0]), Image.BILINEAR))
+                m = np.asarray(Image.fromarray(m).resize((hw[1], hw[0]), Image.NEAREST))
+            imgs.append(a)
             masks.append(m)
         meta = kw.pop("meta", None) or [{"source": str(p)} for p in paths]
         return cls.from_numpy(imgs, masks, meta=meta, **kw)

@@ -9,15 +9,25 @@
                                  the image, or <stem>_mask.<ext>, mirroring any <type>/ sub-folder
     PATH/normal_test/*.png       optional normal images for the test split (also: test_good/)
 
-Conversions (documented, not silent): grayscale and RGBA images become RGB (alpha dropped), 16-bit
-images are scaled to 8 bit by their full range, every image is resized to ``size`` x ``size``
-(bilinear; masks nearest) and a mask pixel is anomalous when it is non-zero. A mask whose size
-differs from its image, a missing mask, a mask without an image, or an unreadable or truncated
-file raises :class:`~anoplug.data.base.DataError` naming the file.
+Conversions (documented, not silent) are those of :func:`anoplug.types.load_image`, tabled in
+``docs/image_input.md``: grey, palette, CMYK and alpha images become RGB (alpha dropped), 16-bit images
+keep their high byte (by the format's depth, not the values), float TIFFs in [0, 1] are scaled by 255
+and in [0, 255] kept, anything else is refused; every image is resized to ``size`` x ``size`` (bilinear;
+masks nearest, *without* keeping the aspect ratio) and a mask pixel is anomalous when any channel of its
+stored value is non-zero. A mask whose size differs from its image, a missing mask, a mask without an
+image, an unreadable, truncated, refused or oversized file raises :class:`~anoplug.data.base.DataError`
+naming the file.
+
+Links: folders and files may be symbolic links, but every loader refuses (a ``DataError`` naming both
+paths) an image reached twice in one split -- a linked sub-folder repeating another, a linked file, a
+duplicated csv row -- instead of silently doubling the split; a broken link or a link loop is an error
+too. Only the folders of the layout are read, one level deep (``normal/`` is flat).
 """
 
 from __future__ import annotations
 
+import errno
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,15 +39,73 @@ from PIL import Image
 from anoplug.data.base import DataError, Dataset
 from anoplug.types import GOOD, Batch, BatchError, load_image
 
-__all__ = ["FileDataset", "FileRecord", "FolderDataset", "IMAGE_EXTENSIONS", "list_images"]
+__all__ = ["FileDataset", "FileRecord", "FolderDataset", "IMAGE_EXTENSIONS", "check_unique", "list_images",
+           "list_subdirs"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
+def _unreachable(p: Path) -> str | None:
+    """Why the symbolic link ``p`` leads nowhere (a loop, a missing target), or None when it is not such a link."""
+    if not p.is_symlink():
+        return None
+    try:
+        os.stat(p)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "a symbolic link loop"
+        return f"a broken symbolic link (to {os.readlink(p)}, which does not exist)"
+    if p.is_dir():
+        real, parent = p.resolve(), p.parent.resolve()
+        if real == parent or real in parent.parents:
+            return f"a symbolic link loop (to {real}, a folder that contains it)"
+    return None
+
+
 def list_images(directory: Path, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> list[Path]:
-    """Image files directly in ``directory``, sorted by name (hidden files skipped)."""
-    return sorted(p for p in directory.iterdir()
-                  if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in extensions)
+    """Image files directly in ``directory``, sorted by name (hidden files skipped).
+
+    A broken symbolic link or a link loop with an image extension is a DataError, not a skipped file.
+    """
+    out = []
+    for p in directory.iterdir():
+        if p.name.startswith(".") or p.suffix.lower() not in extensions:
+            continue
+        why = _unreachable(p)
+        if why is not None:
+            raise DataError(f"image {p} is {why}")
+        if p.is_file():
+            out.append(p)
+    return sorted(out)
+
+
+def list_subdirs(directory: Path) -> list[Path]:
+    """Sub-folders directly in ``directory``, sorted (hidden ones skipped); a broken or looping link is a DataError."""
+    out = []
+    for p in directory.iterdir():
+        if p.name.startswith("."):
+            continue
+        why = _unreachable(p)
+        if why is not None:
+            raise DataError(f"{p} is {why}")
+        if p.is_dir():
+            out.append(p)
+    return sorted(out)
+
+
+def check_unique(records: Sequence[FileRecord], split: str) -> None:
+    """Refuse an image file reached twice in one split (through a linked file or folder, or a repeated row)."""
+    seen: dict[str, Path] = {}
+    for r in records:
+        real = os.path.realpath(r.image)
+        first = seen.get(real)
+        if first is None:
+            seen[real] = r.image
+        elif first == r.image:
+            raise DataError(f"image {first} is listed twice in the {split} split; remove the repeated entry")
+        else:
+            raise DataError(f"{first} and {r.image} are the same file ({real}): a symbolic link to a file or a "
+                            f"folder lists it twice in the {split} split; remove the link (or copy the file on purpose)")
 
 
 @dataclass(frozen=True)
@@ -68,7 +136,7 @@ def _read_mask(paths: Sequence[Path], hw: tuple[int, int], image: Path, size: in
     out = np.zeros(hw, bool)
     for p in paths:
         try:
-            m = load_image(p, "L")
+            m = load_image(p, "mask")
         except (BatchError, FileNotFoundError) as e:
             raise DataError(str(e)) from e
         if m.shape != hw:
@@ -102,6 +170,7 @@ class FileDataset(Dataset):
         if not isinstance(size, int) or size < 8:
             raise DataError(f"image size must be an integer >= 8, got {size!r}")
         self.records = list(records)
+        check_unique(self.records, split)
         self.category, self.split, self.size = category, split, size
         self.root = root
         self.has_depth = any(r.depth is not None for r in self.records)
@@ -209,10 +278,11 @@ class FolderDataset(FileDataset):
         if abnormal is None:
             raise DataError(f"{root} has no abnormal-image folder (expected one of: {', '.join(ABNORMAL_DIRS)})")
         masks = _first_dir(root, MASK_DIRS, mask_dir)
-        groups = [(abnormal, "anomaly")] + [(d, d.name) for d in sorted(abnormal.iterdir()) if d.is_dir()]
+        groups = [(abnormal, "anomaly", list_images(abnormal))] + [(d, d.name, list_images(d)) for d in list_subdirs(abnormal)]
+        check_unique(records + [FileRecord(p) for *_, imgs in groups for p in imgs], "test")  # before matching masks
         seen: set[Path] = set()
-        for folder, label in groups:
-            for img in list_images(folder):
+        for _folder, label, imgs in groups:
+            for img in imgs:
                 rel = img.relative_to(abnormal)
                 m = None
                 if masks is not None:
@@ -223,7 +293,12 @@ class FolderDataset(FileDataset):
                     seen.add(m)
                 records.append(FileRecord(img, label, (m,) if m else ()))
         if masks is not None:  # a mask that matches no image means the names are out of step
-            for folder in [masks] + [d for d in sorted(masks.rglob("*")) if d.is_dir()]:
+            below = sorted(masks.rglob("*"))  # rglob does not follow linked folders; refuse a loop or a broken link
+            for d in below:
+                why = _unreachable(d)
+                if why is not None:
+                    raise DataError(f"{d} is {why}")
+            for folder in [masks] + [d for d in below if d.is_dir()]:
                 for m in list_images(folder):
                     if m not in seen:
                         raise DataError(f"mask {m} matches no image in {abnormal / m.parent.relative_to(masks)} "

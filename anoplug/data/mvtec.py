@@ -11,7 +11,8 @@ nothing of them is in this repository). ``mvtec:PATH/CATEGORY`` points at one ca
 
 Every missing mask, mask without an image, or unreadable file is a
 :class:`~anoplug.data.base.DataError` naming the path; image conversions are those of
-:mod:`anoplug.data.folder`.
+:func:`anoplug.types.load_image` (``docs/image_input.md``). A linked ``<defect>/`` folder or file
+that lists an image twice in one split, a broken link or a link loop is a ``DataError`` too.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from anoplug.data.base import DataError
-from anoplug.data.folder import IMAGE_EXTENSIONS, FileDataset, FileRecord, list_images
+from anoplug.data.folder import IMAGE_EXTENSIONS, FileDataset, FileRecord, check_unique, list_images, list_subdirs
 from anoplug.types import GOOD
 
 __all__ = ["MVTecAD", "MVTecLOCO", "MVTec3D"]
@@ -42,7 +43,7 @@ def _split_dir(root: Path, split: str, allowed: tuple[str, ...], scheme: str) ->
 
 
 def _defect_dirs(split_dir: Path) -> list[Path]:
-    dirs = sorted(d for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
+    dirs = list_subdirs(split_dir)
     if not dirs:
         raise DataError(f"{split_dir} holds no <defect>/ folders (expected at least good/)")
     return dirs
@@ -68,8 +69,9 @@ class MVTecAD(FileDataset):
     def __init__(self, root: str | Path, split: str = "train", size: int = 256) -> None:
         root = _category_dir(root, self.scheme)
         records = []
-        for d in _defect_dirs(_split_dir(root, split, self.splits, self.scheme)):
-            images = list_images(d)
+        listing = [(d, list_images(d)) for d in _defect_dirs(_split_dir(root, split, self.splits, self.scheme))]
+        check_unique([FileRecord(p) for _, images in listing for p in images], split)  # before matching masks
+        for d, images in listing:
             if d.name == GOOD or split == "train":
                 records += [FileRecord(p, GOOD if split == "train" else d.name) for p in images]
                 continue
@@ -124,14 +126,18 @@ class MVTec3D(FileDataset):
     def __init__(self, root: str | Path, split: str = "train", size: int = 256) -> None:
         root = _category_dir(root, self.scheme)
         records = []
+        listing = []
         for d in _defect_dirs(_split_dir(root, split, self.splits, self.scheme)):
-            rgb_dir, xyz_dir, gt_dir = d / "rgb", d / "xyz", d / "gt"
-            if not rgb_dir.is_dir():
+            if not (d / "rgb").is_dir():
                 raise DataError(f"{self.scheme}: {d} has no rgb/ folder")
-            if not xyz_dir.is_dir():
+            if not (d / "xyz").is_dir():
                 raise DataError(f"{self.scheme}: {d} has no xyz/ folder (the point clouds give the depth)")
+            listing.append((d, list_images(d / "rgb")))
+        check_unique([FileRecord(p) for _, images in listing for p in images], split)  # before matching xyz and masks
+        for d, images in listing:
+            rgb_dir, xyz_dir, gt_dir = d / "rgb", d / "xyz", d / "gt"
             used = set()
-            for p in list_images(rgb_dir):
+            for p in images:
                 xyz = next((xyz_dir / f"{p.stem}{e}" for e in (".tiff", ".tif") if (xyz_dir / f"{p.stem}{e}").is_file()), None)
                 if xyz is None:
                     raise DataError(f"no xyz point cloud for {p}: expected {xyz_dir / (p.stem + '.tiff')}")

@@ -5,13 +5,16 @@ category (``candle``, ``pcb1``, ...). The csv has columns ``object,split,label,i
 paths relative to the root, e.g. ``candle,test,anomaly,candle/Data/Images/Anomaly/000.JPG,
 candle/Data/Masks/Anomaly/000.png``. Normal rows get the label ``good``; anomalous rows get
 ``bad``, the folder name anomalib's VisA conversion uses (VisA's 1-class split has no defect types).
-VisA masks store a class index per pixel; any non-zero value is anomalous. Nothing is downloaded
-(VisA is CC BY 4.0-NC; nothing of it is in this repository).
+VisA masks store a class index per pixel; any non-zero value is anomalous. Image conversions are those
+of :func:`anoplug.types.load_image` (``docs/image_input.md``); an image listed twice for one split (a
+repeated row, or two rows reaching one file through a symbolic link) is a ``DataError`` naming the csv
+lines. Nothing is downloaded (VisA is CC BY 4.0-NC; nothing of it is in this repository).
 """
 
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 from anoplug.data.base import DataError
@@ -41,11 +44,15 @@ class VisA(FileDataset):
         known = sorted({r["object"] for r in rows})
         if category not in known:
             raise DataError(f"{table} has no category {category!r}; it lists: {', '.join(known)}")
-        records = []
+        records, lines = [], {}
         for n, r in rows_of(rows, category, split):
             image = root / r["image"]
             if not image.is_file():
                 raise DataError(f"{table} line {n}: image {image} not found")
+            first = lines.setdefault(os.path.realpath(image), n)
+            if first != n:
+                raise DataError(f"{table} lines {first} and {n} both list {image} (the same file) for the {split} "
+                                f"split; remove the duplicate row")
             label = r["label"].strip().lower()
             if label == "normal":
                 records.append(FileRecord(image, GOOD))

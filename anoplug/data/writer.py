@@ -12,21 +12,48 @@ Sample *i* uses source image ``i % len(source)`` and seed ``sample_seed(seed, i)
 so the output does not depend on the batch size or on how often the run was interrupted.
 Each record holds the sample's draws losslessly (``sample``, big tensors in its side file),
 so :func:`replay_manifest` regenerates the tree byte for byte from the manifest alone.
-Every file is written to a temporary name in its directory and renamed into place;
-finished samples are journalled, so a re-run skips them and a killed run resumes to the
-same bytes an uninterrupted one writes. A directory that holds another run (different
-method, version, parameters, seed or source) is refused rather than mixed.
+
+Safety rules, each one tested:
+
+- **One writer per directory.** A run holds ``.anoplug.lock`` (an ``fcntl.flock`` on a file
+  holding the run's method, parameters, seed, pid, host and start time) for as long as it
+  writes; a second writer — another run or the same one — is refused with a
+  :class:`DataError` naming the first. The kernel drops the lock when its process dies
+  (even by SIGKILL), so a left-over lock file is stale by construction and is taken over;
+  where the filesystem has no ``flock`` an ``O_CREAT|O_EXCL`` file is used instead and a
+  lock whose pid is gone on this host is stale.
+- **Never into the input.** An output folder equal to, inside, or containing the source
+  dataset's folder (or the ``--masks``/``--boxes`` inputs), symlinks resolved, is refused
+  before anything is written.
+- **One run per directory.** A directory that holds another run (different method,
+  version, parameters, seed, source or conditions) — finished, unfinished, or only its
+  copied normals — is refused rather than mixed.
+- **Resume to the same bytes.** Every file is written to a temporary name and renamed into
+  place; finished samples are journalled after their files exist. A resumed run first
+  rewrites a damaged journal (a torn or unreadable line) to the records it keeps, so any
+  sequence of interruptions resumes to the bytes of an uninterrupted run. An empty
+  (zero-byte) file counts as missing. When the run completes, numbered files under
+  ``test/``, ``ground_truth/`` and ``draws/`` that no record describes (left by an
+  interrupted run of the same identity) are removed, so the tree is what the manifest says.
+- **Bounded.** Sample indices are streamed batch by batch; apart from the records already
+  written, memory is O(batch). :func:`estimate_output_bytes` sizes a run for a disk check.
 """
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
 import re
+import socket
+import stat
+import sys
+import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -40,13 +67,21 @@ from anoplug.seeding import sample_seed
 from anoplug.serial import pack
 from anoplug.types import GOOD, Batch, to_uint8
 
-__all__ = ["WriteSummary", "write_generated", "replay_manifest", "MANIFEST", "JOURNAL"]
+__all__ = ["WriteSummary", "write_generated", "replay_manifest", "estimate_output_bytes", "MANIFEST", "JOURNAL",
+           "LOCK", "PNG_RATIO"]
 
 MANIFEST = "manifest.jsonl"
 JOURNAL = ".manifest.journal.jsonl"  # finished samples of an unfinished run, appended as they complete
+LOCK = ".anoplug.lock"  # held by the run writing the directory (see _OutputLock)
 _TMP = ".anoplug-tmp"
 _IDENTITY = ("method", "method_version", "params", "seed", "dataset", "conditions")
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+_NUMBERED = re.compile(r"\d{6,}(?:_mask)?\.(?:png|safetensors)")  # the names the writer gives sample files
+#: errors of the disk under --out, reported as DataError (the CLI exits 2 with one line)
+_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
+#: PNG bytes / raw RGB bytes, an upper bound with headroom: measured on the toy data at compress level 3,
+#: 0.37-0.67 at 64 px and 0.18-0.51 at 256 px (normals and DRAEM outputs; fabric and carpet the highest)
+PNG_RATIO = 0.7
 
 
 @dataclass
@@ -66,12 +101,37 @@ def _safe_label(label: str) -> str:
     return s
 
 
+def _disk_error(e: OSError, path: Path) -> DataError:
+    why = e.strerror or type(e).__name__
+    return DataError(f"cannot write {path}: {why}" + (" (the disk is full)" if e.errno == errno.ENOSPC else ""))
+
+
+def _mkdir(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError as e:
+        raise DataError(f"cannot create folder {path}: a file of that name is in the way") from e
+    except OSError as e:
+        if e.errno == errno.ENOTDIR:
+            raise DataError(f"cannot create folder {path}: a file is in the way ({e.filename})") from e
+        if e.errno in _DISK_ERRNOS:
+            raise _disk_error(e, path) from e
+        raise
+
+
 def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write to ``<name>.anoplug-tmp`` beside ``path``, then rename; a failed write leaves no temporary."""
+    _mkdir(path.parent)
     tmp = path.with_name(f"{path.name}{_TMP}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.errno in _DISK_ERRNOS:
+            raise _disk_error(e, path) from e
+        raise
 
 
 def _png_bytes(arr: np.ndarray) -> bytes:
@@ -103,44 +163,304 @@ def _read_jsonl(path: Path, *, tolerate_torn_tail: bool) -> list[dict]:
     return out
 
 
+def _read_journal(path: Path) -> tuple[list[dict], bool]:
+    """The journal's readable records (header first, if any) and whether the file is clean.
+
+    The journal only says which samples are done, and each sample's bytes depend on its index
+    alone, so a line that cannot be read (torn by a kill, or glued to the next by an older
+    writer) is dropped: that sample is simply made again. Clean means: a header line first,
+    every line readable, the last one ended — a journal that is not clean is rewritten before
+    anything is appended to it.
+    """
+    if not path.is_file():
+        return [], False
+    out: list[dict] = []
+    clean = True
+    with open(path, "rb") as f:
+        for raw in f:
+            if not raw.endswith(b"\n"):
+                clean = False  # a torn last line: appending to it would glue two records
+            try:
+                rec = json.loads(raw)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                clean = clean and not raw.strip()
+                continue
+            if not isinstance(rec, dict):
+                clean = False
+                continue
+            out.append(rec)
+    if not out or "index" in out[0]:
+        clean = False  # no header (empty, or written by an older anoplug)
+    return out, clean
+
+
 def _dataset_id(source: Dataset) -> str:
     return f"{source.scheme or type(source).__name__}:{source.category}@{source.size}"
 
 
+def _describe(run: dict) -> str:
+    """A run in a few words: ``draem seed 0 on toy:metal@256``."""
+    return f"{run.get('method')} seed {run.get('seed')} on {run.get('dataset')}"
+
+
 def _check_same_run(root: Path, records: Iterable[dict], identity: dict) -> None:
+    records = list(records)
     for rec in records:
         theirs = {k: rec.get(k) for k in _IDENTITY}
         if theirs != identity:
             diff = [k for k in _IDENTITY if theirs[k] != identity[k]]
+            what = ("samples of a different run" if any("index" in r for r in records)
+                    else "the start of a different run (its copied normals, no samples yet)")
             raise DataError(
-                f"{root} already holds samples of a different run ({', '.join(diff)} differ: "
+                f"{root} already holds {what} ({', '.join(diff)} differ: "
                 f"{ {k: theirs[k] for k in diff} } there vs { {k: identity[k] for k in diff} } now); "
                 "refusing to mix them — choose another output directory")
-        return  # all records of a directory were written by one run; the first decides
+
+
+def _file_ok(path: Path) -> bool:
+    """A finished file: present and not empty (a crash can leave a renamed file with no data)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return False
+    return st.st_size > 0 and stat.S_ISREG(st.st_mode)
 
 
 def _complete(root: Path, rec: dict) -> bool:
-    return (root / rec["image"]).is_file() and (rec.get("mask") is None or (root / rec["mask"]).is_file())
+    return all(_file_ok(root / rec[k]) for k in ("image", "mask", "draws") if rec.get(k))
 
 
-def _caption(out: Batch, src: Batch, k: int, label: str, method: str) -> str:
-    """The generator's caption if it wrote one; the source's for a normal; else a plain one."""
-    if out.text is not None and (src.text is None or out.text[k] != src.text[k] or label == GOOD):
-        return out.text[k]
-    if label == GOOD and src.text is not None:
-        return src.text[k]
-    kind = "" if label == _safe_label(method) else f"{label.replace('_', ' ')} "
-    return f"a synthetic {kind}anomaly made by {method}"
+# -- the output lock -------------------------------------------------------------------------------------------
+def _pid_alive(pid: Any) -> bool:
+    """Whether ``pid`` runs on this host; True when it cannot be told (never signals anything)."""
+    if not isinstance(pid, int) or pid <= 0 or os.name == "nt":  # os.kill(pid, 0) would terminate it on Windows
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: alive, owned by someone else
+        return True
+    return True
 
 
-def _clean_temporaries(root: Path) -> None:
-    if root.is_dir():
-        for p in root.rglob(f"*{_TMP}"):
-            p.unlink(missing_ok=True)
+def _flock(fd: int) -> bool:
+    """Try an exclusive ``flock``: True when taken, False when held elsewhere; OSError when unsupported."""
+    import fcntl
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
 
 
-def _copy_train(source: Dataset, root: Path, n_train: int, batch_size: int) -> None:
-    todo = [j for j in range(n_train) if not (root / "train" / GOOD / f"{j:06d}.png").is_file()]
+_NO_FLOCK = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL, errno.ENOTSUP}
+
+
+class _OutputLock:
+    """The advisory lock of one output directory, held while a run writes it.
+
+    Why ``flock`` on a lock file rather than only ``O_CREAT|O_EXCL``: taking it is atomic, and
+    the kernel drops it when the holder dies, however it dies (SIGKILL, OOM, power cut of a
+    process), so stale locks need no guessing and there is no check-then-delete race between
+    two runs that both find a stale file. The file's content — the run's identity, pid, host
+    and start time — only serves the refusal message. Released on exit, on error and on
+    KeyboardInterrupt (the lock file is removed while still locked; a run that opened the old
+    file meanwhile notices that the path now names another file and retries). Where ``flock``
+    is unavailable (no ``fcntl``, or a filesystem answering ENOLCK/EOPNOTSUPP) it falls back
+    to creating the file with ``O_CREAT|O_EXCL``; such a lock is stale when its host is this
+    one and its pid is gone.
+    """
+
+    def __init__(self, root: Path, identity: dict, *, data: str | None = None) -> None:
+        self.path = root / LOCK
+        self.root = root
+        self.identity = identity
+        self.info = dict(identity, data=data, pid=os.getpid(), host=socket.gethostname(),
+                         started=datetime.now(timezone.utc).isoformat(timespec="seconds"), argv=sys.argv[:8])
+        self._fd: int | None = None
+        self._exclusive = False  # True in the O_EXCL fallback
+
+    # acquiring
+    def __enter__(self) -> _OutputLock:
+        try:
+            self._acquire()
+        except OSError as e:
+            if e.errno in _DISK_ERRNOS:
+                raise _disk_error(e, self.path) from e
+            raise
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+    def _payload(self) -> bytes:
+        return (_dumps(self.info) + "\n").encode("utf-8")
+
+    def _acquire(self) -> None:
+        for _ in range(50):  # only a release racing us makes this loop turn
+            try:
+                fd, created = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644), True
+            except FileExistsError:
+                try:
+                    fd, created = os.open(self.path, os.O_RDWR), False
+                except FileNotFoundError:  # released in between
+                    continue
+            try:
+                try:
+                    taken = _flock(fd)
+                except (OSError, ImportError) as e:
+                    if isinstance(e, OSError) and e.errno not in _NO_FLOCK:
+                        raise
+                    if created:  # not a lock of anyone's: leave the path free for the O_EXCL fallback
+                        self.path.unlink(missing_ok=True)
+                    os.close(fd)
+                    fd = -1
+                    return self._acquire_exclusive()
+                if not taken:
+                    raise self._refusal(self._read_holder(fd), flocked=True)
+                try:
+                    same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+                except FileNotFoundError:
+                    same = False
+                if not same:  # the holder released (and removed) the file between our open and our flock
+                    continue
+                # ours; whatever the file held was a run that died without releasing it (stale)
+                os.ftruncate(fd, 0)
+                os.write(fd, self._payload())
+                self._fd, fd = fd, -1
+                return None
+            finally:
+                if fd >= 0:
+                    os.close(fd)
+        raise DataError(f"cannot take the lock {self.path}: it keeps changing hands")
+
+    def _acquire_exclusive(self) -> None:
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                holder = self._read_holder(None)
+                if holder.get("host") == socket.gethostname() and not _pid_alive(holder.get("pid")):
+                    self.path.unlink(missing_ok=True)  # stale: its process is gone
+                    continue
+                raise self._refusal(holder, flocked=False) from None
+            os.write(fd, self._payload())
+            os.close(fd)
+            self._exclusive = True
+            return None
+        raise DataError(f"cannot take the lock {self.path}: it keeps changing hands")
+
+    def _read_holder(self, fd: int | None) -> dict:
+        """The identity written by the lock's holder (it may still be writing it: wait a little)."""
+        for _ in range(20):
+            try:
+                if fd is not None:
+                    raw = os.pread(fd, 1 << 16, 0)
+                else:
+                    raw = self.path.read_bytes()
+                info = json.loads(raw)
+                if isinstance(info, dict):
+                    return info
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.05)
+        return {}
+
+    def _refusal(self, holder: dict, *, flocked: bool) -> DataError:
+        if not holder:
+            return DataError(f"{self.root} is being written by another anoplug run (lock {self.path}); "
+                             "wait for it to finish or choose another --out")
+        pid, host = holder.get("pid"), holder.get("host")
+        where = f"pid {pid}" + (f" on {host}" if host and host != socket.gethostname() else "")
+        if holder.get("started"):
+            where += f", started {holder['started']}"
+        note = ""
+        if flocked and host == socket.gethostname() and not _pid_alive(pid):
+            note = " (that pid is gone; a process it started still holds the lock)"
+        elif not flocked:
+            note = f" (if no such run is going on, remove {self.path})"
+        if {k: holder.get(k) for k in _IDENTITY} == self.identity:
+            return DataError(f"{self.root} is being written by this same run already ({_describe(holder)}, {where})"
+                             f"{note}; wait for it to finish — re-running afterwards resumes and skips what it wrote")
+        return DataError(f"{self.root} is being written by another run: {_describe(holder)} ({where}){note}; "
+                         "refusing to mix two runs — wait for it to finish or choose another --out")
+
+    # releasing
+    def release(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            try:
+                self.path.unlink(missing_ok=True)  # while still locked: nobody can hold this file meanwhile
+            finally:
+                os.close(fd)  # drops the flock
+        elif self._exclusive:
+            self._exclusive = False
+            try:
+                if json.loads(self.path.read_bytes()).get("pid") == os.getpid():
+                    self.path.unlink(missing_ok=True)
+            except (OSError, ValueError):
+                pass
+
+
+# -- inputs the output must stay clear of ----------------------------------------------------------------------
+def _input_paths(source: Dataset, conditions: ConditionSource | None) -> list[tuple[str, Path]]:
+    """The folders and files a run reads: the source's root folder (a public ``root`` attribute,
+    as the file-based loaders have), the folders of source files outside it, and the condition inputs."""
+    out: list[tuple[str, Path]] = []
+    root = getattr(source, "root", None)
+    if isinstance(root, (str, os.PathLike)) and str(root):
+        out.append(("source dataset", Path(root)))
+    records = getattr(source, "records", None)
+    parents = {Path(r.image).parent for r in (records if isinstance(records, (list, tuple)) else ())
+               if isinstance(getattr(r, "image", None), (str, os.PathLike))}
+    for parent in sorted(parents):
+        if not (root and parent.is_relative_to(Path(root))):
+            out.append(("source images", parent))
+    if conditions is not None:
+        if conditions.masks is not None:
+            out.append(("--masks folder", Path(conditions.masks)))
+        if conditions.boxes is not None:
+            out.append(("--boxes file", Path(conditions.boxes)))
+    return out
+
+
+def _refuse_output_in_inputs(root: Path, source: Dataset, conditions: ConditionSource | None) -> None:
+    """Refuse an output folder equal to, inside, or holding anything the run reads (symlinks resolved)."""
+    mine = root.expanduser().resolve()
+    for what, p in _input_paths(source, conditions):
+        theirs = p.expanduser().resolve()
+        if mine == theirs or mine.is_relative_to(theirs) or theirs.is_relative_to(mine):
+            rel = "is" if mine == theirs else "is inside" if mine.is_relative_to(theirs) else "contains"
+            raise DataError(f"the output folder {mine} {rel} the {what} {theirs}; writing there would mix generated "
+                            "files into the input — choose an --out outside it")
+
+
+# -- normals copied to train/good --------------------------------------------------------------------------------
+def _train_todo(source: Dataset, root: Path, n_train: int) -> list[int]:
+    """The normals ``0..n_train-1`` still to copy; copies already there must have this run's size (else refuse)."""
+    side = int(source.size)
+    todo = []
+    for j in range(n_train):
+        path = root / "train" / GOOD / f"{j:06d}.png"
+        if not _file_ok(path):
+            todo.append(j)
+            continue
+        try:
+            with Image.open(path) as im:
+                wh = im.size
+        except Exception:  # unreadable: copy it again
+            todo.append(j)
+            continue
+        if wh != (side, side):
+            raise DataError(f"{path} is {wh[0]}x{wh[1]} but this run copies normals at {side}x{side} "
+                            f"(train/good of another run?); refusing to mix them — choose another --out "
+                            f"or remove {root}")
+    return todo
+
+
+def _copy_train(source: Dataset, root: Path, todo: list[int], batch_size: int) -> None:
     for s in range(0, len(todo), batch_size):
         idx = todo[s:s + batch_size]
         b = source.batch(idx)
@@ -169,6 +489,119 @@ def _read_draws(root: Path, rec: dict) -> dict:
         raise DataError(f"cannot read {path}: {e}") from e
 
 
+def _caption(out: Batch, src: Batch, k: int, label: str, method: str) -> str:
+    """The generator's caption if it wrote one; the source's for a normal; else a plain one."""
+    if out.text is not None and (src.text is None or out.text[k] != src.text[k] or label == GOOD):
+        return out.text[k]
+    if label == GOOD and src.text is not None:
+        return src.text[k]
+    kind = "" if label == _safe_label(method) else f"{label.replace('_', ' ')} "
+    return f"a synthetic {kind}anomaly made by {method}"
+
+
+def _clean_temporaries(root: Path) -> None:
+    if root.is_dir():
+        for p in root.rglob(f"*{_TMP}"):
+            p.unlink(missing_ok=True)
+
+
+def _pending(n: int, done: dict[int, dict], batch_size: int) -> Iterator[list[int]]:
+    """The indices ``0..n-1`` not yet done, ``batch_size`` at a time, never all of them at once."""
+    chunk: list[int] = []
+    for i in range(n):
+        if i in done:
+            continue
+        chunk.append(i)
+        if len(chunk) == batch_size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _start_journal(path: Path, header: dict, kept: list[dict], clean: bool) -> None:
+    """Make the journal a clean file to append to: the run's header line, then the records kept."""
+    if clean:
+        return
+    text = "".join(_dumps(r) + "\n" for r in [header, *kept])
+    _atomic_write(path, text.encode("utf-8"))
+
+
+def _append(fd: int, path: Path, data: bytes) -> None:
+    """Append ``data`` with unbuffered writes (nothing is left to flush, or to fail, at close)."""
+    view = memoryview(data)
+    try:
+        while view:
+            view = view[os.write(fd, view):]
+    except OSError as e:
+        if e.errno in _DISK_ERRNOS:
+            raise _disk_error(e, path) from e
+        raise
+
+
+def _write_manifest(path: Path, records: dict[int, dict]) -> None:
+    """Write the manifest line by line to a temporary, keep the old file when it has the same bytes."""
+    tmp = path.with_name(f"{path.name}{_TMP}")
+    try:
+        with open(tmp, "wb") as f:
+            for i in sorted(records):
+                f.write((_dumps(records[i]) + "\n").encode("utf-8"))
+        if path.is_file() and _same_bytes(tmp, path):
+            tmp.unlink()
+        else:
+            os.replace(tmp, path)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.errno in _DISK_ERRNOS:
+            raise _disk_error(e, path) from e
+        raise
+
+
+def _same_bytes(a: Path, b: Path) -> bool:
+    if a.stat().st_size != b.stat().st_size:
+        return False
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        while True:
+            x, y = fa.read(1 << 20), fb.read(1 << 20)
+            if x != y:
+                return False
+            if not x:
+                return True
+
+
+def _sweep_strays(root: Path, records: dict[int, dict]) -> None:
+    """Remove numbered sample files no record describes (left by an interrupted run of this identity)."""
+    keep = {rec[k] for rec in records.values() for k in ("image", "mask", "draws") if rec.get(k)}
+    for top, pattern in (("test", "*/*"), ("ground_truth", "*/*"), ("draws", "*")):
+        d = root / top
+        if not d.is_dir():
+            continue
+        for p in d.glob(pattern):
+            if _NUMBERED.fullmatch(p.name) and p.relative_to(root).as_posix() not in keep and p.is_file():
+                p.unlink(missing_ok=True)
+
+
+def estimate_output_bytes(n: int, size: int, *, n_train: int = 0, ratio: float = PNG_RATIO,
+                          block: int = 4096) -> int:
+    """Disk bytes a run of ``n`` samples at ``size`` x ``size`` needs at its peak (an upper estimate).
+
+    Per sample: the PNG image (``3 * size**2 * ratio``), a mask (``size**2 * 0.1``; measured
+    0.03), its record (2 KiB; measured 0.8-1.2 KiB), a draws side file (1 KiB; measured 0.5),
+    counted three times for the journal, the new manifest and the old one at completion; each
+    file rounded up to ``block``. Plus ``n_train`` copied normals. Pure arithmetic: O(1), safe for
+    any ``n``. ``ratio`` defaults to :data:`PNG_RATIO` (0.7, measured 0.18-0.67 on the toy data).
+    """
+    if n < 0 or n_train < 0 or size < 1:
+        raise ValueError(f"estimate_output_bytes needs n, n_train >= 0 and size >= 1, got {n}, {n_train}, {size}")
+
+    def on_disk(nbytes: float) -> int:
+        return -(-int(nbytes) // block) * block if block > 1 else int(nbytes)
+
+    image = on_disk(3 * size * size * ratio)
+    per_sample = image + on_disk(size * size * 0.1) + on_disk(1024) + 3 * 2048
+    return int(n) * per_sample + int(n_train) * image
+
+
 def write_generated(generator: Any, source: Dataset, out: str | Path, *, n: int, seed: int = 0, batch_size: int = 16,
                     n_train: int | None = None, progress: bool = True, conditions: ConditionSource | None = None,
                     data: str | None = None, replay: dict[int, dict] | None = None,
@@ -179,6 +612,8 @@ def write_generated(generator: Any, source: Dataset, out: str | Path, *, n: int,
     writes nothing). ``conditions`` gives per-sample target masks, boxes or a prompt;
     ``data`` is the ``--data`` spec recorded for ``--replay``; ``replay`` (index -> the
     manifest record of an earlier run under ``replay_root``) regenerates from recorded draws.
+    Raises :class:`DataError` — before writing anything — when another run holds the
+    directory, when the directory holds another run, or when it lies in the source's folder.
     """
     if n < 1:
         raise DataError(f"n must be at least 1, got {n}")
@@ -200,70 +635,98 @@ def write_generated(generator: Any, source: Dataset, out: str | Path, *, n: int,
                 "params": generator.params.model_dump(mode="json"), "seed": int(seed), "dataset": _dataset_id(source),
                 "conditions": conditions.identity() if conditions else None}
     identity = json.loads(json.dumps(identity))  # normalise (tuples -> lists) to compare with what was read back
+    _refuse_output_in_inputs(root, source, conditions)
+    _mkdir(root)
+    with _OutputLock(root, identity, data=data):
+        return _write_locked(generator, source, root, identity, n=n, seed=seed, batch_size=batch_size,
+                             n_train=n_train, progress=progress, conditions=conditions, data=data, replay=replay,
+                             replay_root=replay_root)
 
+
+def _write_locked(generator: Any, source: Dataset, root: Path, identity: dict, *, n: int, seed: int, batch_size: int,
+                  n_train: int, progress: bool, conditions: ConditionSource | None, data: str | None,
+                  replay: dict[int, dict] | None, replay_root: Path | None) -> WriteSummary:
+    """The body of :func:`write_generated`, run while holding the directory's lock."""
     manifest_path, journal_path = root / MANIFEST, root / JOURNAL
-    previous = _read_jsonl(manifest_path, tolerate_torn_tail=False) + _read_jsonl(journal_path, tolerate_torn_tail=True)
-    _check_same_run(root, previous, identity)
+    finished = _read_jsonl(manifest_path, tolerate_torn_tail=False)
+    journalled, journal_clean = _read_journal(journal_path)
+    _check_same_run(root, finished + journalled, identity)
     _clean_temporaries(root)
     records: dict[int, dict] = {}
-    for rec in previous:
+    for rec in finished:
         if _complete(root, rec):
             records[int(rec["index"])] = rec
-    root.mkdir(parents=True, exist_ok=True)
-    _copy_train(source, root, n_train, batch_size)
+    kept = []
+    for rec in journalled:
+        if "index" in rec and _complete(root, rec):
+            records[int(rec["index"])] = rec
+            kept.append(rec)
+    del finished, journalled
+    # the journal names the run from its first line on, so even a run that fails before its first sample
+    # (its train copies written, say) keeps another run out of the directory
+    train_todo = _train_todo(source, root, n_train)  # refuses copies of another size before writing anything
+    _start_journal(journal_path, dict(identity, journal=1, data=data), kept, journal_clean)
+    del kept
+    _copy_train(source, root, train_todo, batch_size)
 
-    todo = [i for i in range(n) if i not in records]
-    skipped = n - len(todo)
-    bar = None
-    if progress and todo:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=n, initial=skipped, desc=f"{generator.name} -> {root}", unit="img")
+    skipped = sum(1 for i in records if i < n)
+    written = 0
     try:
-        with open(journal_path, "a", encoding="utf-8") as journal:
-            for s in range(0, len(todo), batch_size):
-                idx = todo[s:s + batch_size]
-                src_idx = source_indices(idx, len(source))
-                src = sample_inputs(generator, source, idx, conditions)
-                seeds = [sample_seed(seed, i) for i in idx]
-                drawn = None
-                if replay is not None:
-                    drawn = [Samples.unpack([replay[i]["sample"]], _read_draws(replay_root, replay[i]))[0] for i in idx]
-                gen_out = generator.generate(src, seeds=seeds, samples=drawn)
-                images, masks = to_uint8(gen_out.image), to_uint8(gen_out.mask)[..., 0]
-                lines = []
-                for k, i in enumerate(idx):
-                    label = _safe_label(gen_out.label[k])
-                    store: dict = {}
-                    packed = pack(gen_out.meta[k].get("sample"), store, prefix="sample")
-                    rec = dict(identity, index=i, label=label, image=f"test/{label}/{i:06d}.png", mask=None,
-                               sample_seed=seeds[k], source_index=src_idx[k], data=data, n_train=n_train,
-                               source=str(src.meta[k].get("source", f"{_dataset_id(source)}/{src_idx[k]}")),
-                               caption=_caption(gen_out, src, k, label, generator.name), sample=packed,
-                               draws=f"draws/{i:06d}.safetensors" if store else None,
-                               sample_conditions=conditions.for_sample(i) if conditions else None)
-                    if store:
-                        _atomic_write(root / rec["draws"], _draws_bytes(store))
-                    _atomic_write(root / rec["image"], _png_bytes(images[k]))
-                    if label != GOOD:
-                        rec["mask"] = f"ground_truth/{label}/{i:06d}_mask.png"
-                        _atomic_write(root / rec["mask"], _png_bytes(np.where(masks[k] >= 128, 255, 0).astype(np.uint8)))
-                    records[i] = rec
-                    lines.append(_dumps(rec) + "\n")
-                journal.write("".join(lines))
-                journal.flush()
-                if bar is not None:
-                    bar.update(len(idx))
+        journal = os.open(journal_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    except OSError as e:
+        if e.errno in _DISK_ERRNOS:
+            raise _disk_error(e, journal_path) from e
+        raise
+    bar = None
+    try:
+        if progress and skipped < n:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=n, initial=skipped, desc=f"{generator.name} -> {root}", unit="img")
+        for idx in _pending(n, records, batch_size):
+            src_idx = source_indices(idx, len(source))
+            src = sample_inputs(generator, source, idx, conditions)
+            seeds = [sample_seed(seed, i) for i in idx]
+            drawn = None
+            if replay is not None:
+                drawn = [Samples.unpack([replay[i]["sample"]], _read_draws(replay_root, replay[i]))[0] for i in idx]
+            gen_out = generator.generate(src, seeds=seeds, samples=drawn)
+            if len(gen_out) != len(idx):
+                raise RuntimeError(f"{generator.name} returned {len(gen_out)} images for {len(idx)} inputs")
+            images, masks = to_uint8(gen_out.image), to_uint8(gen_out.mask)[..., 0]
+            lines = []
+            for k, i in enumerate(idx):
+                label = _safe_label(gen_out.label[k])
+                store: dict = {}
+                packed = pack(gen_out.meta[k].get("sample"), store, prefix="sample")
+                rec = dict(identity, index=i, label=label, image=f"test/{label}/{i:06d}.png", mask=None,
+                           sample_seed=seeds[k], source_index=src_idx[k], data=data, n_train=n_train,
+                           source=str(src.meta[k].get("source", f"{_dataset_id(source)}/{src_idx[k]}")),
+                           caption=_caption(gen_out, src, k, label, generator.name), sample=packed,
+                           draws=f"draws/{i:06d}.safetensors" if store else None,
+                           sample_conditions=conditions.for_sample(i) if conditions else None)
+                if store:
+                    _atomic_write(root / rec["draws"], _draws_bytes(store))
+                _atomic_write(root / rec["image"], _png_bytes(images[k]))
+                if label != GOOD:
+                    rec["mask"] = f"ground_truth/{label}/{i:06d}_mask.png"
+                    _atomic_write(root / rec["mask"], _png_bytes(np.where(masks[k] >= 128, 255, 0).astype(np.uint8)))
+                records[i] = rec
+                lines.append(_dumps(rec) + "\n")
+            _append(journal, journal_path, "".join(lines).encode("utf-8"))  # a kill tears at most the last line
+            written += len(idx)
+            if bar is not None:
+                bar.update(len(idx))
     finally:
+        os.close(journal)
         if bar is not None:
             bar.close()
 
-    text = "".join(_dumps(records[i]) + "\n" for i in sorted(records))
-    if not manifest_path.is_file() or manifest_path.read_text(encoding="utf-8") != text:
-        _atomic_write(manifest_path, text.encode("utf-8"))
+    _write_manifest(manifest_path, records)
+    _sweep_strays(root, records)
     journal_path.unlink(missing_ok=True)
     labels = dict(sorted(Counter(r["label"] for r in records.values()).items()))
-    return WriteSummary(root=root, written=len(todo), skipped=skipped, manifest=manifest_path, labels=labels)
+    return WriteSummary(root=root, written=written, skipped=skipped, manifest=manifest_path, labels=labels)
 
 
 def replay_manifest(manifest: str | Path, out: str | Path, *, load: str | Path | None = None, batch_size: int = 16,

@@ -17,10 +17,16 @@ offset of one (``leading``, ``steps_offset=1``, ``set_alpha_to_one=False``, no c
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Literal
 
 __all__ = ["LDM_BETAS", "LDM_DDIM", "SchedulerKind", "make_scheduler", "WeightsNotFoundError", "TokenizerError",
-           "check_tokenizer"]
+           "check_tokenizer", "ALLOW_DOWNLOAD_ENV", "downloads_allowed", "hub_offline"]
+
+#: the opt-in for hub downloads (``ANOPLUG_ALLOW_DOWNLOAD=1``); without it nothing is fetched.
+ALLOW_DOWNLOAD_ENV = "ANOPLUG_ALLOW_DOWNLOAD"
 
 #: β schedule shared by LDM txt2img and Stable Diffusion v1.x.
 LDM_BETAS: dict[str, Any] = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
@@ -40,6 +46,34 @@ class TokenizerError(ValueError):
     """A tokenizer is unusable (e.g. the 2-token stub transformers returns offline)."""
 
 
+def downloads_allowed() -> bool:
+    """Whether the user opted in to hub downloads (``ANOPLUG_ALLOW_DOWNLOAD=1``)."""
+    return os.environ.get(ALLOW_DOWNLOAD_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+@contextmanager
+def hub_offline(offline: bool = True) -> Iterator[None]:
+    """Within: huggingface_hub, and diffusers / transformers through it, open no connection.
+
+    ``HF_HUB_OFFLINE`` is read once, when ``huggingface_hub`` is imported; this switches the
+    flag it became (``huggingface_hub.constants.HF_HUB_OFFLINE``) on for the block. It also
+    stops the requests that ``local_files_only=True`` alone still makes (building the
+    user-agent header fetches a registry from the hub). ``offline=False`` changes nothing.
+    The flag is process-wide: a download another thread runs at the same time is blocked too.
+    """
+    if not offline:
+        yield
+        return
+    from huggingface_hub import constants
+
+    before = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = before
+
+
 def make_scheduler(kind: SchedulerKind = "ddim", **overrides: Any) -> Any:
     """A scheduler with the LDM/SD β schedule and the CompVis DDIM timestep layout."""
     from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, PNDMScheduler
@@ -56,9 +90,15 @@ def make_scheduler(kind: SchedulerKind = "ddim", **overrides: Any) -> Any:
     raise ValueError(f"unknown scheduler kind {kind!r}; use ddim, pndm, ddpm or dpm")
 
 
-def check_tokenizer(tokenizer: Any, where: str = "tokenizer") -> None:
-    """Refuse the useless tokenizer that ``from_pretrained(<hub id>)`` returns offline without a cache."""
+def check_tokenizer(tokenizer: Any, where: str = "tokenizer", *, fix: str = "") -> None:
+    """Refuse the useless tokenizer that ``from_pretrained`` returns when the vocabulary files are missing.
+
+    Offline, ``CLIPTokenizer.from_pretrained(<hub id or directory without vocab.json>)`` does
+    not fail: it returns a 2-token stub. ``fix`` replaces the generic advice in the error.
+    """
     n = len(tokenizer)
     if n < 100:
-        raise TokenizerError(f"{where} has only {n} tokens: it was not found locally (under HF_HUB_OFFLINE "
-                             "transformers silently returns a stub). Download the model or pass a local directory.")
+        fix = fix or ("pass a directory holding the complete model (for a hub id, "
+                      f"{ALLOW_DOWNLOAD_ENV}=1 lets it be downloaded)")
+        raise TokenizerError(f"{where} has only {n} tokens: its vocabulary files were not found (transformers "
+                             f"returns a stub instead of failing); {fix}")

@@ -2,44 +2,65 @@
 
 Every pipeline gets its family's scheduler (LDM or SD v1.x, both on LDM's β schedule; see
 :mod:`.base`, whose scheduler factory and errors are re-exported here).
+
+**Offline by default.** :func:`load_pipeline` never touches the network unless the user opts
+in: a hub id (``"CompVis/ldm-text2im-large-256"``) is looked up in the local Hugging Face
+cache only, with the hub switched off for the call (``local_files_only=True`` and
+``huggingface_hub``'s offline flag, whatever ``HF_HUB_OFFLINE`` says), so a saved generator
+whose ``config.json`` names a hub model cannot start a download or even a DNS lookup. When the
+weights are not here, one :class:`WeightsNotFoundError` names the model and the opt-in:
+
+- ``ANOPLUG_ALLOW_DOWNLOAD=1`` in the environment (or ``allow_download=True`` in Python) lets
+  diffusers download into its cache; ``HF_HUB_OFFLINE=1``, if also set, still wins;
+- or fetch the weights on a connected machine (``huggingface-cli download ID --local-dir DIR``)
+  and pass ``DIR``: a local directory is always read without the hub.
+
+A tokenizer that transformers silently replaces with a 2-token stub (what a missing
+vocabulary gives offline) is refused with :class:`TokenizerError`.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
-from anoplug.diffusion.base import LDM_BETAS, SchedulerKind, TokenizerError, WeightsNotFoundError, check_tokenizer, make_scheduler
+from anoplug.diffusion.base import (
+    ALLOW_DOWNLOAD_ENV,
+    LDM_BETAS,
+    SchedulerKind,
+    TokenizerError,
+    WeightsNotFoundError,
+    check_tokenizer,
+    downloads_allowed,
+    hub_offline,
+    make_scheduler,
+)
 
 __all__ = ["WeightsNotFoundError", "TokenizerError", "load_pipeline", "make_scheduler", "Parts", "LDM_BETAS",
-           "check_tokenizer"]
+           "check_tokenizer", "ALLOW_DOWNLOAD_ENV", "downloads_allowed", "hub_offline"]
 
 Family = Literal["ldm", "sd"]
 #: untrained tiny pipelines for tests: SD layout (CLIP) and LDM layout (LDM-BERT).
 TINY_RANDOM = ("tiny-random", "tiny-random-ldm")
 
 
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-
-
 def load_pipeline(model_id_or_dir: str | Path, *, scheduler: SchedulerKind = "ddim", family: Family | None = None,
                   device: str | torch.device = "cpu", torch_dtype: torch.dtype | None = None,
-                  local_files_only: bool | None = None, **kwargs: Any) -> Any:
+                  allow_download: bool | None = None, **kwargs: Any) -> Any:
     """Load a diffusers pipeline (hub id, local directory, ``"tiny-base"`` or ``"tiny-random[-ldm]"``).
 
     The scheduler is replaced by the family's DDIM/PNDM/DDPM/DPM with the LDM β schedule.
 
-    ``local_files_only`` defaults to ``HF_HUB_OFFLINE``; when the weights are not on this
-    machine, raises one :class:`WeightsNotFoundError` that says how to get them.
+    Offline unless ``allow_download`` (default: ``ANOPLUG_ALLOW_DOWNLOAD=1``; an explicit
+    ``local_files_only=False`` counts as opting in too): a hub id is then read from the local
+    cache only, with no connection attempted. Weights that are not on this machine raise one
+    :class:`WeightsNotFoundError` naming the model and how to get them.
     """
-    from diffusers import DiffusionPipeline
-
     name = str(model_id_or_dir)
+    stub_fix = ""  # what to do about a 2-token stub tokenizer (see check_tokenizer)
     if name in ("tiny", "tiny-base"):
         from anoplug.diffusion.tiny import load_tiny_base
 
@@ -49,23 +70,26 @@ def load_pipeline(model_id_or_dir: str | Path, *, scheduler: SchedulerKind = "dd
 
         pipe = tiny.tiny_ldm_pipeline() if name.endswith("-ldm") else tiny.tiny_sd_pipeline()
     else:
+        from diffusers import DiffusionPipeline
+
         local = Path(name).expanduser()
-        if local_files_only is None:
-            local_files_only = _offline()
+        local_only = kwargs.pop("local_files_only", None)
+        if allow_download is None:
+            allow_download = downloads_allowed() if local_only is None else not local_only
         if local.exists() and not (local / "model_index.json").is_file():
             raise WeightsNotFoundError(f"{local} is not a diffusers pipeline directory (no model_index.json)")
+        online = bool(allow_download) and not local.exists()
+        stub_fix = (f"copy the complete model: {local}/tokenizer lacks its vocabulary files" if local.exists() else
+                    f"the cached copy of {name} is incomplete: set {ALLOW_DOWNLOAD_ENV}=1 to download it again, or "
+                    "pass a local directory holding the complete model")
         try:
-            pipe = DiffusionPipeline.from_pretrained(str(local) if local.exists() else name,
-                                                     local_files_only=local_files_only or local.exists(),
-                                                     torch_dtype=torch_dtype, **kwargs)
+            with hub_offline(not online):
+                pipe = DiffusionPipeline.from_pretrained(str(local) if local.exists() else name,
+                                                         local_files_only=not online, torch_dtype=torch_dtype, **kwargs)
         except (OSError, ValueError) as e:
-            raise WeightsNotFoundError(
-                f"cannot load diffusion weights {name!r}: {str(e).splitlines()[0] if str(e) else type(e).__name__}\n"
-                f"Get them on a machine with internet: `huggingface-cli download {name} --local-dir DIR` and pass DIR "
-                "(or unset HF_HUB_OFFLINE to let diffusers download into its cache). "
-                "Offline, use the bundled stand-in: 'tiny-base'.") from None
+            raise WeightsNotFoundError(_not_loaded(name, e, online=online, local=local.exists())) from e
     if getattr(pipe, "tokenizer", None) is not None:
-        check_tokenizer(pipe.tokenizer, f"tokenizer of {name}")
+        check_tokenizer(pipe.tokenizer, f"tokenizer of {name}", fix=stub_fix)
     fam = family or guess_family(pipe)
     pipe.scheduler = make_scheduler(scheduler)
     pipe.anoplug_family = fam
@@ -73,6 +97,28 @@ def load_pipeline(model_id_or_dir: str | Path, *, scheduler: SchedulerKind = "dd
     if hasattr(pipe, "safety_checker") and getattr(pipe, "safety_checker", None) is not None:
         pipe.safety_checker = None  # industrial images; the checker also needs extra downloads
     return pipe.to(device)
+
+
+def _not_loaded(name: str, error: BaseException, *, online: bool, local: bool) -> str:
+    """One line: what could not be loaded, and the way to get it (the opt-in when offline)."""
+    cause = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    cause = cause if len(cause) <= 160 else cause[:157] + "..."
+    get = (f"download them on a connected machine (`huggingface-cli download {name} --local-dir DIR`) and pass DIR, "
+           "or use the bundled offline stand-in 'tiny-base'")
+    if local:
+        return f"cannot load diffusion weights from {name}: {cause}"
+    if not online:
+        if isinstance(error, OSError):
+            return (f"diffusion weights {name!r} are not on this machine (not in the Hugging Face cache, or "
+                    f"incomplete) and anoplug does not download by default: set {ALLOW_DOWNLOAD_ENV}=1 to let "
+                    f"diffusers fetch them, or {get}")
+        return (f"cannot load diffusion weights {name!r} from the local cache: {cause} (downloads are off; "
+                f"set {ALLOW_DOWNLOAD_ENV}=1 to allow them, or {get})")
+    from huggingface_hub import constants
+
+    blocked = (" — HF_HUB_OFFLINE is set in this environment, which blocks the download even with "
+               f"{ALLOW_DOWNLOAD_ENV}=1" if constants.HF_HUB_OFFLINE else "")
+    return f"cannot download diffusion weights {name!r}: {cause}{blocked}; {get}"
 
 
 def guess_family(pipe: Any) -> Family:
