@@ -21,4 +21,4 @@ def open_dataset(source: str, *, split: str = "train", size: int = 256, **kw) ->
                         + ", ".join(f"{k}:..." for k in sorted(specs)))
     if not rest:
         raise DataError(f"data source {source!r} names no category or path after '{scheme}:'")
-    return specs[scheme].load().open(rest, split=split, size=size, **kw)
+    return get_registry().load_spec("datasets", specs[scheme].name).open(rest, split=split, size=size, **kw)

@@ -51,7 +51,8 @@ class ConditionSource:
     """Per-sample conditions given by the user, indexed by sample number (files are cycled).
 
     - ``masks``: a folder of mask images (sorted by name; sample *i* takes file ``i % n``),
-      resized with nearest neighbour and binarised at 128;
+      read as masks (any non-zero stored value is the defect, ``docs/image_input.md``),
+      resized with nearest neighbour;
     - ``boxes``: a JSON file holding one list of ``[label, x1, y1, x2, y2]`` per sample
       (cycled), corners normalised to [0, 1];
     - ``prompt``: one prompt for every sample.
@@ -134,7 +135,7 @@ class ConditionSource:
             masks = []
             for i in indices:
                 path = self._mask_files[int(i) % len(self._mask_files)]
-                m = load_image(path, mode="L")
+                m = load_image(path, mode="mask")
                 if m.shape != (h, w):
                     m = np.asarray(Image.fromarray(m).resize((w, h), Image.NEAREST))
                 masks.append(m >= 128)
