@@ -7,8 +7,10 @@ line naming the bad value; a traceback is shown only with ``--debug``.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -17,6 +19,14 @@ from typing import Any
 
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, LookupError, FileNotFoundError, FileExistsError,
                                                NotADirectoryError, PermissionError)
+#: OS errors that describe the user's environment (disk full, read-only, no permission, bad path): exit 2
+ENVIRONMENT_ERRNOS = frozenset(getattr(errno, n) for n in (
+    "ENOSPC", "EDQUOT", "EROFS", "EACCES", "EPERM", "ENOENT", "EEXIST", "ENOTDIR", "EISDIR", "ENAMETOOLONG",
+    "EFBIG", "ELOOP", "ENOTEMPTY", "EMFILE", "ENFILE", "EIO") if hasattr(errno, n))
+#: errors raised by name in modules the CLI does not import up front; the user's to fix: exit 2
+USER_ERROR_NAMES = frozenset({"PluginError", "NotFittedError", "DecompressionBombError", "UnpicklingError"})
+#: skip the up-front memory and disk estimates of ``generate`` (when they are wrong for your machine)
+NO_RESOURCE_CHECK = "ANOPLUG_NO_RESOURCE_CHECK"
 
 
 class UserError(ValueError):
@@ -84,7 +94,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     reg = _registry()
     if args.name in reg.specs("evaluators") and args.name not in reg.specs("generators"):
-        cls = reg.spec("evaluators", args.name).load()
+        cls = reg.load_spec("evaluators", args.name)
     else:
         cls = reg.generator_class(args.name)  # unknown names raise, listing what is installed
     print(f"{cls.name} — {cls.title}")
@@ -148,12 +158,200 @@ def _build_generator(name: str, param_pairs: Sequence[str], load: str | None = N
     reg = _registry()
     cls = reg.generator_class(name)
     if load:
-        gen = cls.load(load)
         if param_pairs:
             raise UserError("--param cannot be combined with --load (the saved parameters are used)")
-        return gen
+        return cls.load(load)
     params = cls.Params.from_strings(_parse_params(param_pairs))
     return cls(params)
+
+
+# -- bounds: what a run needs, checked before anything is written -----------------------------
+#: float32 channels a sample occupies while it is generated (RGB image + mask)
+_CHANNELS = 4
+#: working copies of a batch a generator holds at once (inputs, outputs, noise, blends); learned ones hold more
+_WORK_FACTOR = {"procedural": 8, "learned": 64}
+#: bytes a finished sample's record takes in memory until the run ends (manifest dict + its JSON line)
+_RECORD_BYTES = 4096
+#: PNG bytes per pixel of a written image (RGB at zlib level 3 on typical inspection images) and of its 0/255 mask
+_PNG_RGB, _PNG_MASK = 1.5, 0.1
+_RECORD_DISK = 2048  # a manifest line, plus a small side file of draws
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
+        if abs(n) < 1000 or unit == "PB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} PB"  # pragma: no cover
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this process can still get (the cgroup's limit counts), or None if unknown."""
+    free: list[int] = []
+    try:
+        import psutil
+
+        free.append(int(psutil.virtual_memory().available))
+    except Exception:  # psutil is optional
+        try:
+            with open("/proc/meminfo") as f:
+                info = dict(line.split(":", 1) for line in f if ":" in line)
+            free.append(int(info["MemAvailable"].split()[0]) * 1024)
+        except (OSError, KeyError, ValueError):
+            try:
+                free.append(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
+            except (OSError, ValueError, AttributeError):
+                pass
+    try:  # a container's memory limit (cgroup v2); its reclaimable page cache counts as free
+        cg = Path("/sys/fs/cgroup")
+        limit = (cg / "memory.max").read_text().strip()
+        if limit != "max":
+            used = int((cg / "memory.current").read_text().strip())
+            stat = dict(line.split() for line in (cg / "memory.stat").read_text().splitlines() if line.count(" ") == 1)
+            free.append(max(0, int(limit) - used + int(stat.get("inactive_file", 0))))
+    except (OSError, ValueError):
+        pass
+    return min(free) if free else None
+
+
+def free_disk(path: str | Path) -> tuple[int, Path] | None:
+    """Free bytes on the file system that ``path`` (or its nearest existing parent) lives on."""
+    p = Path(path).absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        return shutil.disk_usage(p).free, p
+    except OSError:
+        return None
+
+
+def estimate_output_bytes(n: int, size: int, n_train: int = 0) -> int:
+    """Bytes ``n`` generated samples (and ``n_train`` copied normals) of side ``size`` take on disk."""
+    try:
+        from anoplug.data import writer
+
+        helper = getattr(writer, "estimate_output_bytes", None)
+    except ImportError:  # pragma: no cover
+        helper = None
+    if callable(helper):
+        try:
+            return int(helper(n, size, n_train=n_train))
+        except TypeError:  # an older helper without n_train
+            return int(helper(n, size)) + int(n_train * size * size * _PNG_RGB)
+    px = size * size
+    return int(n * (px * (_PNG_RGB + _PNG_MASK) + _RECORD_DISK) + n_train * px * _PNG_RGB)
+
+
+def estimate_memory_bytes(*, n: int, size: int, batch_size: int, learned: bool = False, fit_images: int = 0) -> int:
+    """Peak bytes of a run: the batch being generated, the records kept until the end, a fit's data."""
+    work = _WORK_FACTOR["learned" if learned else "procedural"]
+    px = size * size * _CHANNELS * 4
+    return batch_size * px * work + n * _RECORD_BYTES + fit_images * px * 2
+
+
+def _manifest_lines(path: Path) -> int:
+    if not path.is_file():
+        return 0
+    count = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            count += chunk.count(b"\n")
+    return count
+
+
+def _count_files(folder: Path) -> int:
+    try:
+        with os.scandir(folder) as it:
+            return sum(1 for e in it if e.is_file())
+    except OSError:
+        return 0
+
+
+def check_resources(*, n: int, size: int, batch_size: int, out: str | Path, n_train: int = 0, learned: bool = False,
+                    fit_images: int = 0, present: Callable[[], tuple[int, int]] = lambda: (0, 0)) -> None:
+    """Refuse (:class:`UserError`, one line with the estimate) a run this machine cannot hold or store.
+
+    ``present()`` counts the samples and the train normals already written (a resumed run
+    needs room for the rest only).
+    Set ``ANOPLUG_NO_RESOURCE_CHECK=1`` when the estimates are wrong for your machine.
+    """
+    if os.environ.get(NO_RESOURCE_CHECK, "") not in ("", "0"):
+        return
+    skip = f"({NO_RESOURCE_CHECK}=1 skips this check)"
+    disk = free_disk(out)
+    if disk is not None:
+        free, where = disk
+        total = estimate_output_bytes(n, size, n_train)
+        if total > free:  # a resumed run needs room for the missing files only
+            samples, normals = present()
+            total = estimate_output_bytes(max(0, n - samples), size, max(0, n_train - normals))
+        if total > free:
+            raise UserError(f"-n {n} at --size {size} needs about {_human(total)} of disk in {out} but {where} has "
+                            f"{_human(free)} free; lower -n or --size, or choose another --out {skip}")
+    need = estimate_memory_bytes(n=n, size=size, batch_size=batch_size, learned=learned, fit_images=fit_images)
+    have = available_memory()
+    if have is not None and need > have:
+        px = size * size * _CHANNELS * 4
+        parts = [(batch_size * px * _WORK_FACTOR["learned" if learned else "procedural"],
+                  f"for a batch of {batch_size} at --size {size}"),
+                 (n * _RECORD_BYTES, f"for the records of -n {n}"),
+                 (fit_images * px * 2, f"for {fit_images} training images")]
+        why = ", ".join(f"{_human(b)} {what}" for b, what in parts if b >= need / 10)
+        raise UserError(f"this run needs about {_human(need)} of memory ({why}) but {_human(have)} is available; "
+                        f"lower --batch-size, --size or -n {skip}")
+
+
+def _read_anomalies(spec: str, size: int) -> Any:
+    """The defective images (label != good) of ``spec``'s test split, with their masks, at ``size``."""
+    from anoplug.data import open_dataset
+    from anoplug.types import GOOD
+
+    name = spec[: -len(":test")] if spec.endswith(":test") else spec
+    ds = open_dataset(name, split="test", size=size)
+    if hasattr(ds, "labels"):
+        labels = list(ds.labels)
+    elif callable(getattr(ds, "label", None)):
+        labels = [ds.label(i) for i in range(len(ds))]
+    else:  # render to learn the labels
+        labels = [lab for b in ds.iter_batches(16) for lab in b.label]
+    idx = [i for i, lab in enumerate(labels) if lab != GOOD]
+    if not idx:
+        raise UserError(f"--anomalies {spec}: its test split holds no defective images (only {GOOD!r}); "
+                        "pass a dataset with real defects and their masks")
+    anomalies = ds.batch(idx)
+    if not bool(anomalies.mask.any()):
+        raise UserError(f"--anomalies {spec}: none of its {len(idx)} defective images has a mask "
+                        "(ground_truth missing?); the learned methods need the defect regions")
+    return anomalies
+
+
+def _check_fit_flags(args: argparse.Namespace, cls: Any) -> None:
+    """--fit / --fit-steps / --anomalies / --save / --load: every combination that cannot work, before any work."""
+    name, learned = args.name, bool(cls.requires.fit)
+    if args.anomalies and not args.fit:
+        raise UserError(f"--anomalies is what --fit trains on: add --fit (or drop --anomalies {args.anomalies})")
+    if args.fit_steps is not None and not args.fit:
+        raise UserError("--fit-steps sets the steps of --fit: add --fit (or drop --fit-steps)")
+    if args.save and not args.fit:
+        raise UserError("--save writes the weights --fit trains: add --fit (a loaded or procedural generator "
+                        "has nothing new to save)")
+    if args.fit and not learned:
+        raise UserError(f"{name} is not a learned method: there is nothing to fit; drop --fit")
+    if args.fit and args.load:
+        raise UserError("--fit trains a new model and --load reads a fitted one: pass one of them")
+    if args.fit_steps is not None and args.fit_steps < 0:
+        raise UserError(f"--fit-steps must be non-negative, got {args.fit_steps}")
+    if args.anomalies and not cls.requires.anomalies:
+        raise UserError(f"{name} takes no reference anomalies (it fits on the normals of --data); "
+                        f"drop --anomalies {args.anomalies}")
+    if learned and not args.load:
+        how = "--fit --anomalies SPEC (trains on --data and real defects, e.g. --anomalies toy:metal)" \
+            if cls.requires.anomalies else "--fit (trains on --data)"
+        if not args.fit:
+            raise UserError(f"{name} must be fitted first: pass {how}, or --load DIR with saved weights")
+        if cls.requires.anomalies and not args.anomalies:
+            raise UserError(f"{name} fits on real defects with masks: pass --fit --anomalies SPEC "
+                            "(e.g. --anomalies toy:metal, or mvtec:PATH/CATEGORY)")
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -165,30 +363,46 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise UserError(f"--size must be in [16, 4096], got {args.size}")
     if args.seed < 0:
         raise UserError(f"--seed must be non-negative, got {args.seed}")
+    if args.n_train is not None and args.n_train < 0:
+        raise UserError(f"--n-train must be non-negative, got {args.n_train}")
     if args.replay:
         return _replay(args)
     if not args.name or not args.data:
         raise UserError("generate needs a generator NAME and --data (or --replay MANIFEST)")
+    cls = _registry().generator_class(args.name)
+    _check_fit_flags(args, cls)
     gen = _build_generator(args.name, args.param, args.load)
     from anoplug.data import open_dataset
     from anoplug.data.inputs import ConditionSource
-    from anoplug.data.writer import write_generated
+    from anoplug.data.writer import JOURNAL, MANIFEST, write_generated
 
     if gen.level != "image":
         raise UserError(f"{args.name} is a feature-level method: it produces no images to write "
                         "(use it through its detector, see `anoplug info`)")
+    if gen.requires.fit and not gen.is_fitted and not args.fit:
+        raise UserError(f"{args.load} holds an unfitted {args.name} (a checkpoint saved before fit?): "
+                        "pass a directory written after fitting")
     conditions = ConditionSource(masks=args.masks, boxes=args.boxes, prompt=args.prompt)
     for name in gen.requires.conditions:
         if name not in conditions.names() and not (name == "source_image" and gen.requires.paired_source):
             flag = {"target_mask": "--masks DIR", "boxes": "--boxes FILE", "prompt": "--prompt TEXT"}.get(name, name)
             raise UserError(f"{args.name} needs conditions.{name}: pass {flag}")
     source = open_dataset(args.data, split="train", size=args.size)
-    if gen.requires.fit and not gen.is_fitted:
-        if not args.fit:
-            raise UserError(f"{args.name} must be fitted first: pass --fit (trains on --data) or --load DIR")
+    root = Path(args.out) / str(source.category or "dataset")
+    check_resources(n=args.n, size=args.size, batch_size=args.batch_size, out=args.out,
+                    n_train=min(len(source), 64 if args.n_train is None else args.n_train),
+                    learned=bool(gen.requires.fit), fit_images=len(source) if args.fit else 0,
+                    present=lambda: (_manifest_lines(root / MANIFEST) + _manifest_lines(root / JOURNAL),
+                                     _count_files(root / "train" / "good")))
+    anomalies = _read_anomalies(args.anomalies, args.size) if args.fit and args.anomalies else None
+    if args.fit:
         t0 = time.perf_counter()
-        gen.fit(source.all(), steps=args.fit_steps)
-        print(f"fitted {args.name} in {time.perf_counter() - t0:.1f} s")
+        gen.fit(source.all(), anomalies, steps=args.fit_steps)
+        shots = f" and {len(anomalies)} real defects from {args.anomalies}" if anomalies is not None else ""
+        print(f"fitted {args.name} on {len(source)} normals{shots} in {time.perf_counter() - t0:.1f} s")
+        if args.save:
+            saved = gen.save(args.save)
+            print(f"saved the fitted {args.name} to {saved} (reuse it with --load {saved})")
     summary = write_generated(gen, source, args.out, n=args.n, seed=args.seed, batch_size=args.batch_size,
                               n_train=args.n_train, progress=not args.quiet, conditions=conditions or None,
                               data=args.data)
@@ -197,15 +411,30 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_replay_resources(args: argparse.Namespace) -> None:
+    """The bounds of a replay: -n and --size come from the manifest (its first record and its length)."""
+    path = Path(args.replay)
+    try:
+        with open(path, encoding="utf-8") as f:
+            first = json.loads(f.readline())
+        size = int(str(first["dataset"]).rsplit("@", 1)[1])
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return  # replay_manifest reports what is wrong with the manifest
+    check_resources(n=max(1, _manifest_lines(path)), size=size, batch_size=args.batch_size, out=args.out,
+                    n_train=int(first.get("n_train") or 0), learned=bool(args.load))
+
+
 def _replay(args: argparse.Namespace) -> int:
     """``generate --replay MANIFEST --out DIR``: the run's generator, data and draws come from the manifest."""
     from anoplug.data.writer import replay_manifest
 
     given = [flag for flag, v in (("NAME", args.name), ("--data", args.data), ("--param", args.param),
                                   ("--masks", args.masks), ("--boxes", args.boxes), ("--prompt", args.prompt),
-                                  ("--fit", args.fit)) if v]
+                                  ("--fit", args.fit), ("--fit-steps", args.fit_steps is not None),
+                                  ("--anomalies", args.anomalies), ("--save", args.save)) if v]
     if given:
         raise UserError(f"--replay takes everything from the manifest; drop {', '.join(given)}")
+    _check_replay_resources(args)
     summary = replay_manifest(args.replay, args.out, load=args.load, batch_size=args.batch_size,
                               progress=not args.quiet)
     print(f"replayed {summary.written} samples ({summary.skipped} already present) to {summary.root}")
@@ -307,8 +536,11 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argpars
     sp.add_argument("--n-train", type=int, default=None, help="normal images copied to train/good")
     sp.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE", help="method parameter")
     sp.add_argument("--load", help="load a saved (fitted) generator from this directory")
-    sp.add_argument("--fit", action="store_true", help="fit a learned generator on --data first")
-    sp.add_argument("--fit-steps", type=int, default=None)
+    sp.add_argument("--fit", action="store_true", help="fit a learned generator on --data (and --anomalies) first")
+    sp.add_argument("--fit-steps", type=int, default=None, help="training steps of --fit (default: the method's)")
+    sp.add_argument("--anomalies", metavar="SPEC", help="real defects with masks to fit on: the defective images of "
+                    "SPEC's test split (toy:CATEGORY, mvtec:PATH/CATEGORY, ...)")
+    sp.add_argument("--save", metavar="DIR", help="after --fit, save the fitted generator here (reuse with --load DIR)")
     sp.add_argument("--masks", metavar="DIR", help="target masks, one image per sample (sorted, cycled): where defects go")
     sp.add_argument("--boxes", metavar="FILE", help="JSON list with one list of [label, x1, y1, x2, y2] per sample (cycled)")
     sp.add_argument("--prompt", metavar="TEXT", help="text prompt for every sample")
@@ -337,8 +569,47 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argpars
     return p, handlers
 
 
+def _one_line(e: BaseException) -> str:
+    """The exception's message on one line; its type when the message is empty (``MemoryError()``)."""
+    if type(e) is KeyError and len(e.args) == 1:
+        return f"missing key {e.args[0]!r}"
+    text = " ".join(str(e).split())
+    return text or f"{type(e).__name__} (no message)"
+
+
+def _os_error(e: OSError, where: str | None) -> str:
+    """One line for an error of the user's environment, naming the path and the cause."""
+    path = e.filename if e.filename is not None else where
+    at = f" {path}" if path is not None else ""
+    if e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
+        return f"no space left on the device (or quota) while writing{at}: free some space or choose another --out"
+    if e.errno == errno.EROFS:
+        return f"read-only file system: cannot write{at}; choose another --out"
+    if e.errno in (errno.EACCES, errno.EPERM):
+        return f"permission denied:{at} (read-only, or not yours to write)"
+    reason = e.strerror or _one_line(e)
+    return f"{reason}:{at}" if at else reason
+
+
+def _error_kind(e: BaseException) -> str:
+    """``user`` (exit 2: one line naming the cause) or ``internal`` (exit 1: type and message)."""
+    if isinstance(e, MemoryError):
+        return "memory"
+    if isinstance(e, OSError) and e.errno in ENVIRONMENT_ERRNOS:
+        return "os"
+    if type(e) in (KeyError, IndexError):  # a bare lookup failure is a bug; named subclasses are the user's
+        return "internal"
+    if isinstance(e, USER_ERRORS) or any(t.__name__ in USER_ERROR_NAMES for t in type(e).__mro__):
+        return "user"
+    return "internal"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser, handlers = build_parser()
+    try:
+        parser, handlers = build_parser()
+    except KeyboardInterrupt:  # a real Ctrl-C while plugins load (a plugin's own is recorded as broken)
+        print("anoplug: interrupted", file=sys.stderr)
+        return 130
     args = parser.parse_args(argv)
     if not args.command:
         parser.print_help()
@@ -349,15 +620,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("anoplug: interrupted", file=sys.stderr)
         return 130
-    except USER_ERRORS as e:
-        if debug:
-            raise
-        print(f"anoplug: error: {e}", file=sys.stderr)
-        return 2
     except Exception as e:
         if debug:
             raise
-        print(f"anoplug: {type(e).__name__}: {e} (run with --debug for the traceback)", file=sys.stderr)
+        kind = _error_kind(e)
+        if kind == "memory":
+            print(f"anoplug: error: out of memory (MemoryError{': ' + _one_line(e) if str(e) else ''}); "
+                  "lower --batch-size, --size or -n", file=sys.stderr)
+            return 2
+        if kind == "os":
+            print(f"anoplug: error: {_os_error(e, getattr(args, 'out', None))}", file=sys.stderr)
+            return 2
+        if kind == "user":
+            print(f"anoplug: error: {_one_line(e)}", file=sys.stderr)
+            return 2
+        print(f"anoplug: {type(e).__name__}: {_one_line(e)} (run with --debug for the traceback)", file=sys.stderr)
         return 1
 
 

@@ -80,6 +80,52 @@ class NotFittedError(RuntimeError):
     """A learned generator was asked to generate before ``fit`` or ``load``."""
 
 
+def _one_line(e: BaseException) -> str:
+    """An exception as one line: its message (or its type when the message is empty)."""
+    text = " ".join(str(e).split())
+    return text or type(e).__name__
+
+
+def _kind(dtype: torch.dtype) -> str:
+    if dtype == torch.bool:
+        return "bool"
+    if dtype.is_complex:
+        return "complex"
+    return "floating" if dtype.is_floating_point else "integer"
+
+
+def _listed(keys: Sequence[str], limit: int = 4) -> str:
+    keys = sorted(keys)
+    more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
+
+
+def _weight_problems(tensors: dict[str, torch.Tensor], expected: dict[str, torch.Tensor],
+                     extra: dict[str, torch.Tensor], module_names: set[str]) -> list[str]:
+    """What keeps ``tensors`` (read from a file) from loading into ``expected`` modules and ``extra`` state.
+
+    Extra tensors are checked only when the generator already knows them (``extra`` not empty);
+    otherwise its ``load_extra_state`` decides.
+    """
+    want = {**expected, **extra}
+    problems = []
+    missing = [k for k in want if k not in tensors]
+    unexpected = [k for k in tensors if k not in want and (k.partition(".")[0] in module_names
+                                                           or not k.startswith("extra.") or extra)]
+    if missing:
+        problems.append(f"missing {_listed(missing)}")
+    if unexpected:
+        problems.append(f"unexpected {_listed(unexpected)}")
+    for k in sorted(set(want) & set(tensors)):
+        have, need = tensors[k], want[k]
+        if tuple(have.shape) != tuple(need.shape):
+            problems.append(f"{k} has shape {list(have.shape)} in the file, {list(need.shape)} expected")
+        elif _kind(have.dtype) != _kind(need.dtype):
+            problems.append(f"{k} is {str(have.dtype).removeprefix('torch.')} in the file, "
+                            f"a {_kind(need.dtype)} tensor ({str(need.dtype).removeprefix('torch.')}) expected")
+    return problems
+
+
 class Generator:
     """Base class of image-level anomaly generators.
 
@@ -234,7 +280,9 @@ class Generator:
         tmp = d / "weights.safetensors.tmp"
         save_file(tensors, str(tmp), metadata={"anoplug_method": self.name})
         tmp.replace(d / "weights.safetensors")
-        (d / "config.json").write_text(json.dumps(self.config(), indent=2, sort_keys=True))
+        ctmp = d / "config.json.tmp"
+        ctmp.write_text(json.dumps(self.config(), indent=2, sort_keys=True))
+        ctmp.replace(d / "config.json")
         return d
 
     def restore_config(self, config: dict[str, Any]) -> None:
@@ -253,8 +301,10 @@ class Generator:
             raise FileNotFoundError(f"no config.json in {d}")
         try:
             cfg = json.loads(cfg_path.read_text())
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ValueError(f"corrupt {cfg_path}: {e}") from e
+        if not isinstance(cfg, dict):
+            raise ValueError(f"corrupt {cfg_path}: expected a JSON object, got {type(cfg).__name__}")
         if cfg.get("name") != cls.name:
             raise ValueError(f"{cfg_path} holds generator {cfg.get('name')!r}, not {cls.name!r}")
         obj = cls(**cfg.get("params", {}))
@@ -264,7 +314,12 @@ class Generator:
         return obj
 
     def load_weights(self, directory: str | Path) -> None:
-        """Read ``weights.safetensors`` of ``directory`` into this generator's modules and extra state."""
+        """Read ``weights.safetensors`` of ``directory`` into this generator's modules and extra state.
+
+        Everything is checked before anything is loaded: a missing, unexpected or mis-shaped
+        tensor, or an integer/bool tensor where a floating one belongs (or the reverse), is one
+        :class:`ValueError` naming the file and the key.
+        """
         from safetensors.torch import load_file
 
         wpath = Path(directory) / "weights.safetensors"
@@ -272,13 +327,29 @@ class Generator:
             tensors = load_file(str(wpath)) if wpath.is_file() else {}
         except Exception as e:  # safetensors raises its own error types for corrupt headers
             raise ValueError(f"cannot read weights {wpath}: {e}") from e
-        for key, module in self.modules().items():
+        modules = self.modules()
+        expected = {f"{k}.{n}": t for k, m in modules.items() for n, t in m.state_dict().items()}
+        try:
+            extra = {f"extra.{k}": v for k, v in self.extra_state().items()}
+        except Exception:  # not built yet: load_extra_state decides what it accepts
+            extra = {}
+        if not wpath.is_file() and (expected or extra):
+            raise ValueError(f"no weights file {wpath}: {self.name} needs {_listed(list({**expected, **extra}))}")
+        problems = _weight_problems(tensors, expected, extra, set(modules))
+        if problems:
+            raise ValueError(f"weights {wpath} do not fit {self.name}: {'; '.join(problems)}")
+        for key, module in modules.items():
             sd = {n[len(key) + 1:]: t for n, t in tensors.items() if n.startswith(key + ".")}
             try:
                 module.load_state_dict(sd)
             except RuntimeError as e:
-                raise ValueError(f"weights in {wpath} do not fit module {key!r}: {e}") from e
-        self.load_extra_state({k[6:]: v for k, v in tensors.items() if k.startswith("extra.")})
+                raise ValueError(f"weights in {wpath} do not fit module {key!r}: {_one_line(e)}") from e
+        try:
+            self.load_extra_state({k[6:]: v for k, v in tensors.items() if k.startswith("extra.")})
+        except KeyError as e:
+            raise ValueError(f"weights {wpath} do not fit {self.name}: missing extra.{e.args[0] if e.args else e}") from e
+        except (RuntimeError, ValueError, TypeError, IndexError) as e:
+            raise ValueError(f"weights {wpath} do not fit {self.name}: extra state: {_one_line(e)}") from e
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.params!r})"

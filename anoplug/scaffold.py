@@ -8,8 +8,10 @@ Both templates are rendered and tested in anoplug's own test suite.
 
 from __future__ import annotations
 
+import json
 import keyword
 import re
+import unicodedata
 from pathlib import Path
 
 from anoplug.specs import CATEGORIES
@@ -21,14 +23,14 @@ build-backend = "setuptools.build_meta"
 [project]
 name = "anoplug-{name}"
 version = "0.1.0"
-description = "{title} for anoplug"
+description = {description_toml}
 readme = "README.md"
 requires-python = ">=3.10"
 keywords = ["anoplug-plugin"]
 dependencies = ["anoplug>=0.1,<2"]
 
 [project.entry-points.anoplug]
-{name} = "anoplug_{mod}.plugin"
+{name_toml} = "anoplug_{mod}.plugin"
 
 [tool.setuptools.packages.find]
 where = ["src"]
@@ -41,10 +43,10 @@ from anoplug import GeneratorSpec, hookimpl
 
 @hookimpl
 def anoplug_generators() -> list[GeneratorSpec]:
-    return [GeneratorSpec("{name}", "anoplug_{mod}.method:{cls}", title="{title}", category="{category}")]
+    return [GeneratorSpec({name_py}, "anoplug_{mod}.method:{cls}", title={title_py}, category={category_py})]
 '''
 
-_METHOD = '''"""{title}.
+_METHOD = '''"""{title_doc}.
 
 Replace this docstring with the paper's mechanism, step by step, and the code below
 with the method. Keep the split: ``sample`` draws every random choice from each
@@ -70,10 +72,10 @@ class {cls}Params(Params):
 
 
 class {cls}(Generator):
-    name = "{name}"
-    title = "{title}"
-    category = "{category}"
-    paper = Paper("{title}", venue="", year=2025, url="https://example.org/your-paper")
+    name = {name_py}
+    title = {title_py}
+    category = {category_py}
+    paper = Paper({title_py}, venue="", year=2025, url="https://example.org/your-paper")
     Params = {cls}Params
     preserves_outside_mask = True
 
@@ -97,13 +99,13 @@ class {cls}(Generator):
             y0, x0 = int(s["y"] * (h - side)), int(s["x"] * (w - side))
             box = ((ys >= y0) & (ys < y0 + side) & (xs >= x0) & (xs < x0 + side)).float()
             out.mask[i, 0] = box
-            out.label[i] = "{name}"
+            out.label[i] = {name_py}
         shade = torch.tensor([s["shade"] for s in samples])[:, None, None, None]
         out.image = torch.where(out.mask.bool(), shade.expand_as(out.image), out.image)
         return out
 '''
 
-_LEARNED = '''"""{title}.
+_LEARNED = '''"""{title_doc}.
 
 Replace this docstring with the paper's mechanism, step by step, and the code below with
 the method. This template is a working learned method to start from: it learns the colour
@@ -148,10 +150,10 @@ class Painter(nn.Module):
 
 
 class {cls}(LearnedGenerator):
-    name = "{name}"
-    title = "{title}"
-    category = "{category}"
-    paper = Paper("{title}", venue="", year=2025, url="https://example.org/your-paper")
+    name = {name_py}
+    title = {title_py}
+    category = {category_py}
+    paper = Paper({title_py}, venue="", year=2025, url="https://example.org/your-paper")
     Params = {cls}Params
     requires = Requires(fit=True, anomalies=True, accepts=("target_mask",))
     preserves_outside_mask = True
@@ -209,11 +211,11 @@ class {cls}(LearnedGenerator):
         out = batch.clone()
         out.image = torch.lerp(batch.image, painted, mask)  # 0/1 weights: outside the mask bit-exact
         out.mask = mask.clone()
-        out.label = ["{name}" if bool(m.any()) else "good" for m in mask]
+        out.label = [{name_py} if bool(m.any()) else "good" for m in mask]
         return out
 '''
 
-_LEARNED_TEST = '''"""Conformance of the learned {name} generator (anoplug's kit: fit, resume, save/load, conditions)."""
+_LEARNED_TEST = '''"""Conformance of the learned {name_doc} generator (anoplug's kit: fit, resume, save/load, conditions)."""
 
 from anoplug.testing import LearnedGeneratorConformance
 from anoplug_{mod}.method import {cls}
@@ -227,7 +229,7 @@ class Test{cls}(LearnedGeneratorConformance):
     replay_needs_seeds = False  # every draw is in the sample records
 '''
 
-_TEST = '''"""Conformance of the {name} generator (anoplug's kit)."""
+_TEST = '''"""Conformance of the {name_doc} generator (anoplug's kit)."""
 
 from anoplug.testing import GeneratorConformance
 from anoplug_{mod}.method import {cls}
@@ -252,6 +254,20 @@ Install for development: `pip install -e .`; test: `pytest`.
 '''
 
 
+def _literal(text: str) -> str:
+    """``text`` as a double-quoted string literal valid in Python and in TOML.
+
+    JSON escapes only the quote, the backslash and control characters, with escapes both
+    languages read the same way; titles with control characters are refused before this.
+    """
+    return json.dumps(text, ensure_ascii=False)
+
+
+def _doc(text: str) -> str:
+    """``text`` safe inside a triple-quoted docstring (backslashes and quotes escaped)."""
+    return text.replace("\\", "\\\\").replace('"', '\\"')
+
+
 def new_plugin(name: str, directory: str | Path = "plugins", *, title: str = "", category: str = "cutpaste",
                learned: bool = False) -> Path:
     """Write ``<directory>/anoplug-<name>/`` and return its path; refuses to overwrite.
@@ -270,10 +286,18 @@ def new_plugin(name: str, directory: str | Path = "plugins", *, title: str = "",
     root = Path(directory) / f"anoplug-{name}"
     if root.exists():
         raise FileExistsError(f"{root} already exists; not overwriting")
-    fmt = {"name": name, "mod": mod, "cls": cls, "title": title or f"{cls} anomaly generator", "category": category}
+    title = title or f"{cls} anomaly generator"
+    bad = [c for c in title if unicodedata.category(c)[0] == "C" or unicodedata.category(c) in ("Zl", "Zp")]
+    if bad:
+        raise ValueError(f"plugin title {title!r} must be one line of printable text (it holds {bad[0]!r})")
+    fmt = {"name": name, "mod": mod, "cls": cls, "title": title, "category": category,
+           # every value lands in Python and TOML source: rendered as literals, never pasted between quotes
+           "name_py": _literal(name), "title_py": _literal(title), "category_py": _literal(category),
+           "name_toml": _literal(name), "description_toml": _literal(f"{title} for anoplug"),
+           "title_doc": _doc(title), "name_doc": _doc(name)}
     files = {
-        "pyproject.toml": _PYPROJECT, f"src/anoplug_{mod}/__init__.py": '"""{title}."""\n',
-        f"src/anoplug_{mod}/plugin.py": _PLUGIN.replace('category="{category}"', 'category="{category}", needs_fit=True')
+        "pyproject.toml": _PYPROJECT, f"src/anoplug_{mod}/__init__.py": '"""{title_doc}."""\n',
+        f"src/anoplug_{mod}/plugin.py": _PLUGIN.replace("category={category_py})", "category={category_py}, needs_fit=True)")
         if learned else _PLUGIN,
         f"src/anoplug_{mod}/method.py": _LEARNED if learned else _METHOD,
         f"tests/test_{mod}.py": _LEARNED_TEST if learned else _TEST, "README.md": _README,

@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import pickle
 import py_compile
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -124,7 +128,18 @@ def test_anomalies_without_defects_or_masks_are_refused(tmp_path, capsys, monkey
 
 
 # -- item 8: bounds on -n, --batch-size, --size ------------------------------------------------------------------
-def test_a_trillion_samples_is_refused_up_front_with_the_estimate(tmp_path, capsys):
+def _writer_must_not_run(monkeypatch):
+    """A run refused up front never reaches the writer (nor an hour of generating, nor the OOM killer)."""
+    import anoplug.data.writer as writer
+
+    def refuse(*a, **k):
+        raise AssertionError("the run was not refused up front")
+
+    monkeypatch.setattr(writer, "write_generated", refuse)
+
+
+def test_a_trillion_samples_is_refused_up_front_with_the_estimate(tmp_path, capsys, monkeypatch):
+    _writer_must_not_run(monkeypatch)
     out = tmp_path / "out"
     code, _, err = run(capsys, "generate", "draem", "--data", "toy:metal", "-n", 10**12, "--out", out, "-q")
     line = one_line(err)
@@ -134,6 +149,7 @@ def test_a_trillion_samples_is_refused_up_front_with_the_estimate(tmp_path, caps
 
 def test_a_batch_too_big_for_memory_is_refused_with_the_estimate(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(cli, "available_memory", lambda: 2 * 10**9)
+    _writer_must_not_run(monkeypatch)
     code, _, err = run(capsys, "generate", "draem", "--data", "toy:metal", "--batch-size", 4096, "--size", 1024,
                        "--out", tmp_path / "out", "-q")
     line = one_line(err)
@@ -150,6 +166,7 @@ def test_disk_estimate_counts_what_a_resumed_run_still_needs(tmp_path, capsys, m
     monkeypatch.setattr(cli, "free_disk", lambda p: (full // 2, Path(p)))
     code, out, err = run(capsys, *argv)  # everything is present: no room needed
     assert code == 0 and "wrote 0 new samples" in out, err
+    _writer_must_not_run(monkeypatch)
     code, _, err = run(capsys, "generate", "draem", "--data", "toy:metal", "-n", 6, "--size", 32, "--n-train", 2,
                        "--out", tmp_path / "other", "-q")  # a new run needs room for all of it
     assert code == 2 and "of disk" in one_line(err) and "choose another --out" in err
@@ -283,17 +300,18 @@ def test_quoted_title_renders_valid_python_and_toml(tmp_path, capsys):
     assert code == 2 and "one line of printable text" in one_line(err)
 
 
-def test_quoted_title_plugin_passes_its_tests(tmp_path, pytester, monkeypatch, capsys):
+def test_quoted_title_plugin_passes_its_tests(tmp_path, capsys):
+    # in a subprocess: an in-process pytester run drops torch submodules that later tests cannot re-import
     assert run(capsys, "new-plugin", "q-spots", "--dir", tmp_path, "--title", TITLE)[0] == 0
     root = tmp_path / "anoplug-q-spots"
-    monkeypatch.syspath_prepend(str(root / "src"))
-    pytester.syspathinsert(str(root / "src"))
-    result = pytester.runpytest_inprocess(str(root / "tests"), "-q", "-p", "no:cacheprovider")
-    outcomes = result.parseoutcomes()
-    assert outcomes.get("passed", 0) >= 10 and not outcomes.get("failed") and not outcomes.get("errors"), outcomes
-    from anoplug_q_spots.method import QSpots
-
-    assert QSpots.title == TITLE
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root / "src"), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "pytest", "tests", "-q", "-p", "no:cacheprovider"], cwd=root, env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    passed = re.search(r"(\d+) passed", r.stdout)
+    assert passed and int(passed.group(1)) >= 10 and "failed" not in r.stdout, r.stdout[-3000:]
+    assert f"title={json.dumps(TITLE, ensure_ascii=False)}" in (root / "src/anoplug_q_spots/plugin.py").read_text()
 
 
 # -- runner-up (c): the user's environment exits 2 naming the cause; internal errors exit 1, never blank ---------------
@@ -341,8 +359,6 @@ def test_environment_and_refused_input_exit_2_naming_the_cause(tmp_path, capsys,
 
 
 def test_duplicate_plugin_name_exits_2_naming_both(tmp_path, capsys, monkeypatch):
-    import sys
-
     from anoplug.registry import Registry, set_registry
 
     for dist in ("anoplug-fake-dupa", "anoplug-fake-dupb"):
