@@ -461,6 +461,7 @@ def test_a_bad_file_through_the_cli_exits_2_with_one_line(tmp_path, capsys):
     assert code == 2, err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "n2.png" in lines[0] and "empty" in lines[0] and "Traceback" not in err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*")), "a failed run left files in --out"
 
 
 def test_the_doc_states_every_rule_the_tests_check():

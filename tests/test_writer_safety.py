@@ -376,6 +376,7 @@ def test_journal_glued_by_an_older_writer_resumes(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("journal", ["kept", "lost"])
 def test_failed_runs_train_copies_are_not_reused_by_another_size(tmp_path: Path, journal: str) -> None:
+    (tmp_path / "metal").mkdir()  # a directory that existed before (a fresh one is removed on failure, below)
     with pytest.raises(RuntimeError, match="boom"):
         write_generated(Failing(), _source(size=64), tmp_path, n=4, n_train=3, progress=False)
     root = tmp_path / "metal"
@@ -388,6 +389,14 @@ def test_failed_runs_train_copies_are_not_reused_by_another_size(tmp_path: Path,
     assert not list(root.rglob("test/*/*.png"))
     again = write_generated(BoxGenerator(), _source(size=64), tmp_path, n=4, n_train=3, progress=False)
     assert again.written == 4  # the same size resumes as before
+
+
+def test_a_run_that_fails_before_its_first_sample_leaves_nothing(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError, match="boom"):
+        write_generated(Failing(), _source(size=64), tmp_path / "out", n=4, n_train=3, progress=False)
+    assert not (tmp_path / "out").exists(), "a failed fresh run left files behind"
+    again = write_generated(BoxGenerator(), _source(size=32), tmp_path / "out", n=4, n_train=3, progress=False)
+    assert again.written == 4 and Image.open(again.root / "train" / "good" / "000000.png").size == (32, 32)
 
 
 def test_stray_files_of_an_interrupted_run_are_removed(tmp_path: Path) -> None:

@@ -41,11 +41,13 @@ Safety rules, each one tested:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import json
 import os
 import re
+import shutil
 import socket
 import stat
 import sys
@@ -636,11 +638,20 @@ def write_generated(generator: Any, source: Dataset, out: str | Path, *, n: int,
                 "conditions": conditions.identity() if conditions else None}
     identity = json.loads(json.dumps(identity))  # normalise (tuples -> lists) to compare with what was read back
     _refuse_output_in_inputs(root, source, conditions)
+    fresh, made_out = not root.exists(), not Path(out).exists()
     _mkdir(root)
-    with _OutputLock(root, identity, data=data):
-        return _write_locked(generator, source, root, identity, n=n, seed=seed, batch_size=batch_size,
-                             n_train=n_train, progress=progress, conditions=conditions, data=data, replay=replay,
-                             replay_root=replay_root)
+    try:
+        with _OutputLock(root, identity, data=data):
+            return _write_locked(generator, source, root, identity, n=n, seed=seed, batch_size=batch_size,
+                                 n_train=n_train, progress=progress, conditions=conditions, data=data, replay=replay,
+                                 replay_root=replay_root)
+    except BaseException:
+        if fresh and not any((root / "test").rglob("*.png")):  # failed before its first sample: leave no trace
+            shutil.rmtree(root, ignore_errors=True)
+            if made_out:
+                with contextlib.suppress(OSError):
+                    Path(out).rmdir()
+        raise
 
 
 def _write_locked(generator: Any, source: Dataset, root: Path, identity: dict, *, n: int, seed: int, batch_size: int,
