@@ -121,19 +121,26 @@ def _mkdir(path: Path) -> None:
         raise
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write to ``<name>.anoplug-tmp`` beside ``path``, then rename; a failed write leaves no temporary."""
-    _mkdir(path.parent)
+@contextlib.contextmanager
+def _temporary_for(path: Path) -> Iterator[Path]:
+    """``<name>.anoplug-tmp`` beside ``path``; a failure removes it and names a full or read-only disk."""
     tmp = path.with_name(f"{path.name}{_TMP}")
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
+        yield tmp
     except BaseException as e:
         tmp.unlink(missing_ok=True)
         if isinstance(e, OSError) and e.errno in _DISK_ERRNOS:
             raise _disk_error(e, path) from e
         raise
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write to a temporary beside ``path``, then rename; a failed write leaves no temporary."""
+    _mkdir(path.parent)
+    with _temporary_for(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
 
 
 def _png_bytes(arr: np.ndarray) -> bytes:
@@ -543,8 +550,7 @@ def _append(fd: int, path: Path, data: bytes) -> None:
 
 def _write_manifest(path: Path, records: dict[int, dict]) -> None:
     """Write the manifest line by line to a temporary, keep the old file when it has the same bytes."""
-    tmp = path.with_name(f"{path.name}{_TMP}")
-    try:
+    with _temporary_for(path) as tmp:
         with open(tmp, "wb") as f:
             for i in sorted(records):
                 f.write((_dumps(records[i]) + "\n").encode("utf-8"))
@@ -552,11 +558,6 @@ def _write_manifest(path: Path, records: dict[int, dict]) -> None:
             tmp.unlink()
         else:
             os.replace(tmp, path)
-    except BaseException as e:
-        tmp.unlink(missing_ok=True)
-        if isinstance(e, OSError) and e.errno in _DISK_ERRNOS:
-            raise _disk_error(e, path) from e
-        raise
 
 
 def _same_bytes(a: Path, b: Path) -> bool:
