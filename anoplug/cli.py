@@ -110,6 +110,12 @@ def cmd_info(args: argparse.Namespace) -> int:
         req = cls.requires
         needs = [k for k in ("fit", "anomalies", "text", "depth", "object_mask") if getattr(req, k)]
         print(f"requires:  {', '.join(needs) or 'nothing'}" + (f"; weights: {req.weights}" if req.weights else ""))
+        if req.uses:
+            flags = {"target_mask": "--masks DIR", "boxes": "--boxes FILE", "prompt": "--prompt TEXT",
+                     "source_image": "paired automatically"}
+            shown = [f"{c} ({'required' if c in req.conditions else 'optional'}; {flags.get(c, 'Python only')})"
+                     for c in req.uses if c not in ("source_object_mask", "reference_masks")]
+            print(f"conditions: {', '.join(shown)}")
     print("parameters:")
     rows = []
     for fname in cls.Params.model_fields:
