@@ -168,3 +168,10 @@ def test_cli_bad_conditions_exit_2_with_one_line(argv, needle, tmp_path: Path, c
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and needle in err[0], err
     assert not (tmp_path / "o" / "metal" / "test").exists()  # nothing half-written
+
+
+def test_info_lists_the_conditions_a_method_reads(capsys) -> None:
+    assert main(["info", "bboxdiffusion"]) == 0
+    assert "conditions: boxes (optional; --boxes FILE)" in capsys.readouterr().out
+    assert main(["info", "draem"]) == 0
+    assert "conditions:" not in capsys.readouterr().out
