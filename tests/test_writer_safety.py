@@ -23,7 +23,7 @@ import pytest
 import torch
 from PIL import Image
 
-from anoplug.data import open_dataset
+from anoplug.data import files, open_dataset, outlock
 from anoplug.data import writer as W
 from anoplug.data.base import DataError
 from anoplug.data.inputs import ConditionSource
@@ -185,7 +185,7 @@ def test_second_writer_is_refused_naming_the_first(tmp_path: Path) -> None:
     src = _source()
     root = tmp_path / "metal"
     root.mkdir()
-    other = W._OutputLock(root, _identity(BoxGenerator(), 9, src))
+    other = outlock.OutputLock(root, _identity(BoxGenerator(), 9, src))
     with other:  # a run of seed 9 holds the directory (flock: a second open file conflicts, even in one process)
         info = json.loads((root / LOCK).read_text())
         assert {info[k] for k in ("method", "seed", "pid", "host")} == {"boxgen", 9, os.getpid(), socket.gethostname()}
@@ -194,7 +194,7 @@ def test_second_writer_is_refused_naming_the_first(tmp_path: Path) -> None:
             write_generated(BoxGenerator(), src, tmp_path, n=3, seed=0, progress=False)
         assert "\n" not in str(e.value)
         assert _listing(root) == [LOCK]  # refused before writing anything
-    same = W._OutputLock(root, _identity(BoxGenerator(), 0, src))
+    same = outlock.OutputLock(root, _identity(BoxGenerator(), 0, src))
     with same:  # the same run twice at once is refused too (the simple, safe choice)
         with pytest.raises(DataError, match="this same run already"):
             write_generated(BoxGenerator(), src, tmp_path, n=3, seed=0, progress=False)
@@ -238,7 +238,7 @@ def test_without_flock_a_lock_of_a_gone_pid_is_stale(tmp_path: Path, monkeypatch
     def no_flock(fd: int) -> bool:
         raise OSError(errno.ENOLCK, "No locks available")
 
-    monkeypatch.setattr(W, "_flock", no_flock)
+    monkeypatch.setattr(outlock, "_flock", no_flock)
     root = tmp_path / "metal"
     _stale_lock(root, _dead_pid())  # gone on this host: stale, taken over
     assert write_generated(BoxGenerator(), _source(), tmp_path, n=2, seed=0, progress=False).written == 2
@@ -250,7 +250,7 @@ def test_without_flock_a_lock_of_a_gone_pid_is_stale(tmp_path: Path, monkeypatch
     with pytest.raises(DataError, match="on another-host.example"):
         write_generated(BoxGenerator(), _source(), tmp_path, n=2, seed=0, progress=False)
     (root / LOCK).unlink()
-    with W._OutputLock(root, _identity(BoxGenerator(), 0, _source())):
+    with outlock.OutputLock(root, _identity(BoxGenerator(), 0, _source())):
         with pytest.raises(DataError, match="this same run already"):
             write_generated(BoxGenerator(), _source(), tmp_path, n=2, seed=0, progress=False)
     assert not (root / LOCK).exists()
@@ -444,7 +444,9 @@ class _FullDisk:
 
 def test_full_disk_is_one_clear_error_and_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     clean = write_generated(BoxGenerator(), _source(), tmp_path / "clean", n=8, seed=3, batch_size=3, progress=False)
-    monkeypatch.setattr(W, "os", _FullDisk(ok=18))  # header, 12 copies, 5 sample files
+    full = _FullDisk(ok=18)  # header, 12 copies, 5 sample files
+    monkeypatch.setattr(W, "os", full)
+    monkeypatch.setattr(files, "os", full)  # the atomic writes live there
     with pytest.raises(DataError, match="No space left on device.*the disk is full"):
         write_generated(BoxGenerator(), _source(), tmp_path / "full", n=8, seed=3, batch_size=3, progress=False)
     monkeypatch.undo()

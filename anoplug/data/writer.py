@@ -21,7 +21,8 @@ Safety rules, each one tested:
   :class:`DataError` naming the first. The kernel drops the lock when its process dies
   (even by SIGKILL), so a left-over lock file is stale by construction and is taken over;
   where the filesystem has no ``flock`` an ``O_CREAT|O_EXCL`` file is used instead and a
-  lock whose pid is gone on this host is stale.
+  lock whose pid is gone on this host is stale (``anoplug.data.outlock``; atomic writes and
+  disk errors: ``anoplug.data.files``).
 - **Never into the input.** An output folder equal to, inside, or containing the source
   dataset's folder (or the ``--masks``/``--boxes`` inputs), symlinks resolved, is refused
   before anything is written.
@@ -42,20 +43,15 @@ Safety rules, each one tested:
 from __future__ import annotations
 
 import contextlib
-import errno
 import io
 import json
 import os
 import re
 import shutil
-import socket
 import stat
-import sys
-import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +59,9 @@ import numpy as np
 from PIL import Image
 
 from anoplug.data.base import DataError, Dataset
+from anoplug.data.files import DISK_ERRNOS, TMP, atomic_write, disk_error, dumps_line, make_dir, temporary_for
 from anoplug.data.inputs import ConditionSource, sample_inputs, source_indices
+from anoplug.data.outlock import LOCK, OutputLock
 from anoplug.generator import Samples
 from anoplug.seeding import sample_seed
 from anoplug.serial import pack
@@ -74,13 +72,10 @@ __all__ = ["WriteSummary", "write_generated", "replay_manifest", "estimate_outpu
 
 MANIFEST = "manifest.jsonl"
 JOURNAL = ".manifest.journal.jsonl"  # finished samples of an unfinished run, appended as they complete
-LOCK = ".anoplug.lock"  # held by the run writing the directory (see _OutputLock)
-_TMP = ".anoplug-tmp"
 _IDENTITY = ("method", "method_version", "params", "seed", "dataset", "conditions")
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 _NUMBERED = re.compile(r"\d{6,}(?:_mask)?\.(?:png|safetensors)")  # the names the writer gives sample files
 #: errors of the disk under --out, reported as DataError (the CLI exits 2 with one line)
-_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
 #: PNG bytes / raw RGB bytes, an upper bound with headroom: measured on the toy data at compress level 3,
 #: 0.37-0.67 at 64 px and 0.18-0.51 at 256 px (normals and DRAEM outputs; fabric and carpet the highest)
 PNG_RATIO = 0.7
@@ -103,55 +98,11 @@ def _safe_label(label: str) -> str:
     return s
 
 
-def _disk_error(e: OSError, path: Path) -> DataError:
-    why = e.strerror or type(e).__name__
-    return DataError(f"cannot write {path}: {why}" + (" (the disk is full)" if e.errno == errno.ENOSPC else ""))
-
-
-def _mkdir(path: Path) -> None:
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except FileExistsError as e:
-        raise DataError(f"cannot create folder {path}: a file of that name is in the way") from e
-    except OSError as e:
-        if e.errno == errno.ENOTDIR:
-            raise DataError(f"cannot create folder {path}: a file is in the way ({e.filename})") from e
-        if e.errno in _DISK_ERRNOS:
-            raise _disk_error(e, path) from e
-        raise
-
-
-@contextlib.contextmanager
-def _temporary_for(path: Path) -> Iterator[Path]:
-    """``<name>.anoplug-tmp`` beside ``path``; a failure removes it and names a full or read-only disk."""
-    tmp = path.with_name(f"{path.name}{_TMP}")
-    try:
-        yield tmp
-    except BaseException as e:
-        tmp.unlink(missing_ok=True)
-        if isinstance(e, OSError) and e.errno in _DISK_ERRNOS:
-            raise _disk_error(e, path) from e
-        raise
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write to a temporary beside ``path``, then rename; a failed write leaves no temporary."""
-    _mkdir(path.parent)
-    with _temporary_for(path) as tmp:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-
-
 def _png_bytes(arr: np.ndarray) -> bytes:
     """Lossless PNG; zlib level 3 encodes ~2.5x faster than PIL's default 6 for ~15 % more bytes."""
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format="PNG", compress_level=3)
     return buf.getvalue()
-
-
-def _dumps(rec: dict) -> str:
-    return json.dumps(rec, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 def _read_jsonl(path: Path, *, tolerate_torn_tail: bool) -> list[dict]:
@@ -207,11 +158,6 @@ def _dataset_id(source: Dataset) -> str:
     return f"{source.scheme or type(source).__name__}:{source.category}@{source.size}"
 
 
-def _describe(run: dict) -> str:
-    """A run in a few words: ``draem seed 0 on toy:metal@256``."""
-    return f"{run.get('method')} seed {run.get('seed')} on {run.get('dataset')}"
-
-
 def _check_same_run(root: Path, records: Iterable[dict], identity: dict) -> None:
     records = list(records)
     for rec in records:
@@ -240,177 +186,6 @@ def _complete(root: Path, rec: dict) -> bool:
 
 
 # -- the output lock -------------------------------------------------------------------------------------------
-def _pid_alive(pid: Any) -> bool:
-    """Whether ``pid`` runs on this host; True when it cannot be told (never signals anything)."""
-    if not isinstance(pid, int) or pid <= 0 or os.name == "nt":  # os.kill(pid, 0) would terminate it on Windows
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # EPERM: alive, owned by someone else
-        return True
-    return True
-
-
-def _flock(fd: int) -> bool:
-    """Try an exclusive ``flock``: True when taken, False when held elsewhere; OSError when unsupported."""
-    import fcntl
-
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    return True
-
-
-_NO_FLOCK = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL, errno.ENOTSUP}
-
-
-class _OutputLock:
-    """The advisory lock of one output directory, held while a run writes it.
-
-    Why ``flock`` on a lock file rather than only ``O_CREAT|O_EXCL``: taking it is atomic, and
-    the kernel drops it when the holder dies, however it dies (SIGKILL, OOM, power cut of a
-    process), so stale locks need no guessing and there is no check-then-delete race between
-    two runs that both find a stale file. The file's content — the run's identity, pid, host
-    and start time — only serves the refusal message. Released on exit, on error and on
-    KeyboardInterrupt (the lock file is removed while still locked; a run that opened the old
-    file meanwhile notices that the path now names another file and retries). Where ``flock``
-    is unavailable (no ``fcntl``, or a filesystem answering ENOLCK/EOPNOTSUPP) it falls back
-    to creating the file with ``O_CREAT|O_EXCL``; such a lock is stale when its host is this
-    one and its pid is gone.
-    """
-
-    def __init__(self, root: Path, identity: dict, *, data: str | None = None) -> None:
-        self.path = root / LOCK
-        self.root = root
-        self.identity = identity
-        self.info = dict(identity, data=data, pid=os.getpid(), host=socket.gethostname(),
-                         started=datetime.now(timezone.utc).isoformat(timespec="seconds"), argv=sys.argv[:8])
-        self._fd: int | None = None
-        self._exclusive = False  # True in the O_EXCL fallback
-
-    # acquiring
-    def __enter__(self) -> _OutputLock:
-        try:
-            self._acquire()
-        except OSError as e:
-            if e.errno in _DISK_ERRNOS:
-                raise _disk_error(e, self.path) from e
-            raise
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.release()
-
-    def _payload(self) -> bytes:
-        return (_dumps(self.info) + "\n").encode("utf-8")
-
-    def _acquire(self) -> None:
-        for _ in range(50):  # only a release racing us makes this loop turn
-            try:
-                fd, created = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644), True
-            except FileExistsError:
-                try:
-                    fd, created = os.open(self.path, os.O_RDWR), False
-                except FileNotFoundError:  # released in between
-                    continue
-            try:
-                try:
-                    taken = _flock(fd)
-                except (OSError, ImportError) as e:
-                    if isinstance(e, OSError) and e.errno not in _NO_FLOCK:
-                        raise
-                    if created:  # not a lock of anyone's: leave the path free for the O_EXCL fallback
-                        self.path.unlink(missing_ok=True)
-                    os.close(fd)
-                    fd = -1
-                    return self._acquire_exclusive()
-                if not taken:
-                    raise self._refusal(self._read_holder(fd), flocked=True)
-                try:
-                    same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
-                except FileNotFoundError:
-                    same = False
-                if not same:  # the holder released (and removed) the file between our open and our flock
-                    continue
-                # ours; whatever the file held was a run that died without releasing it (stale)
-                os.ftruncate(fd, 0)
-                os.write(fd, self._payload())
-                self._fd, fd = fd, -1
-                return None
-            finally:
-                if fd >= 0:
-                    os.close(fd)
-        raise DataError(f"cannot take the lock {self.path}: it keeps changing hands")
-
-    def _acquire_exclusive(self) -> None:
-        for _ in range(3):
-            try:
-                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            except FileExistsError:
-                holder = self._read_holder(None)
-                if holder.get("host") == socket.gethostname() and not _pid_alive(holder.get("pid")):
-                    self.path.unlink(missing_ok=True)  # stale: its process is gone
-                    continue
-                raise self._refusal(holder, flocked=False) from None
-            os.write(fd, self._payload())
-            os.close(fd)
-            self._exclusive = True
-            return None
-        raise DataError(f"cannot take the lock {self.path}: it keeps changing hands")
-
-    def _read_holder(self, fd: int | None) -> dict:
-        """The identity written by the lock's holder (it may still be writing it: wait a little)."""
-        for _ in range(20):
-            try:
-                if fd is not None:
-                    raw = os.pread(fd, 1 << 16, 0)
-                else:
-                    raw = self.path.read_bytes()
-                info = json.loads(raw)
-                if isinstance(info, dict):
-                    return info
-            except (OSError, ValueError):
-                pass
-            time.sleep(0.05)
-        return {}
-
-    def _refusal(self, holder: dict, *, flocked: bool) -> DataError:
-        if not holder:
-            return DataError(f"{self.root} is being written by another anoplug run (lock {self.path}); "
-                             "wait for it to finish or choose another --out")
-        pid, host = holder.get("pid"), holder.get("host")
-        where = f"pid {pid}" + (f" on {host}" if host and host != socket.gethostname() else "")
-        if holder.get("started"):
-            where += f", started {holder['started']}"
-        note = ""
-        if flocked and host == socket.gethostname() and not _pid_alive(pid):
-            note = " (that pid is gone; a process it started still holds the lock)"
-        elif not flocked:
-            note = f" (if no such run is going on, remove {self.path})"
-        if {k: holder.get(k) for k in _IDENTITY} == self.identity:
-            return DataError(f"{self.root} is being written by this same run already ({_describe(holder)}, {where})"
-                             f"{note}; wait for it to finish — re-running afterwards resumes and skips what it wrote")
-        return DataError(f"{self.root} is being written by another run: {_describe(holder)} ({where}){note}; "
-                         "refusing to mix two runs — wait for it to finish or choose another --out")
-
-    # releasing
-    def release(self) -> None:
-        if self._fd is not None:
-            fd, self._fd = self._fd, None
-            try:
-                self.path.unlink(missing_ok=True)  # while still locked: nobody can hold this file meanwhile
-            finally:
-                os.close(fd)  # drops the flock
-        elif self._exclusive:
-            self._exclusive = False
-            try:
-                if json.loads(self.path.read_bytes()).get("pid") == os.getpid():
-                    self.path.unlink(missing_ok=True)
-            except (OSError, ValueError):
-                pass
 
 
 # -- inputs the output must stay clear of ----------------------------------------------------------------------
@@ -474,7 +249,7 @@ def _copy_train(source: Dataset, root: Path, todo: list[int], batch_size: int) -
         idx = todo[s:s + batch_size]
         b = source.batch(idx)
         for k, arr in enumerate(to_uint8(b.image)):
-            _atomic_write(root / "train" / GOOD / f"{idx[k]:06d}.png", _png_bytes(arr))
+            atomic_write(root / "train" / GOOD / f"{idx[k]:06d}.png", _png_bytes(arr))
 
 
 def _draws_bytes(store: dict) -> bytes:
@@ -510,7 +285,7 @@ def _caption(out: Batch, src: Batch, k: int, label: str, method: str) -> str:
 
 def _clean_temporaries(root: Path) -> None:
     if root.is_dir():
-        for p in root.rglob(f"*{_TMP}"):
+        for p in root.rglob(f"*{TMP}"):
             p.unlink(missing_ok=True)
 
 
@@ -532,8 +307,8 @@ def _start_journal(path: Path, header: dict, kept: list[dict], clean: bool) -> N
     """Make the journal a clean file to append to: the run's header line, then the records kept."""
     if clean:
         return
-    text = "".join(_dumps(r) + "\n" for r in [header, *kept])
-    _atomic_write(path, text.encode("utf-8"))
+    text = "".join(dumps_line(r) + "\n" for r in [header, *kept])
+    atomic_write(path, text.encode("utf-8"))
 
 
 def _append(fd: int, path: Path, data: bytes) -> None:
@@ -543,17 +318,17 @@ def _append(fd: int, path: Path, data: bytes) -> None:
         while view:
             view = view[os.write(fd, view):]
     except OSError as e:
-        if e.errno in _DISK_ERRNOS:
-            raise _disk_error(e, path) from e
+        if e.errno in DISK_ERRNOS:
+            raise disk_error(e, path) from e
         raise
 
 
 def _write_manifest(path: Path, records: dict[int, dict]) -> None:
     """Write the manifest line by line to a temporary, keep the old file when it has the same bytes."""
-    with _temporary_for(path) as tmp:
+    with temporary_for(path) as tmp:
         with open(tmp, "wb") as f:
             for i in sorted(records):
-                f.write((_dumps(records[i]) + "\n").encode("utf-8"))
+                f.write((dumps_line(records[i]) + "\n").encode("utf-8"))
         if path.is_file() and _same_bytes(tmp, path):
             tmp.unlink()
         else:
@@ -640,9 +415,9 @@ def write_generated(generator: Any, source: Dataset, out: str | Path, *, n: int,
     identity = json.loads(json.dumps(identity))  # normalise (tuples -> lists) to compare with what was read back
     _refuse_output_in_inputs(root, source, conditions)
     fresh, made_out = not root.exists(), not Path(out).exists()
-    _mkdir(root)
+    make_dir(root)
     try:
-        with _OutputLock(root, identity, data=data):
+        with OutputLock(root, identity, data=data):
             return _write_locked(generator, source, root, identity, n=n, seed=seed, batch_size=batch_size,
                                  n_train=n_train, progress=progress, conditions=conditions, data=data, replay=replay,
                                  replay_root=replay_root)
@@ -686,8 +461,8 @@ def _write_locked(generator: Any, source: Dataset, root: Path, identity: dict, *
     try:
         journal = os.open(journal_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     except OSError as e:
-        if e.errno in _DISK_ERRNOS:
-            raise _disk_error(e, journal_path) from e
+        if e.errno in DISK_ERRNOS:
+            raise disk_error(e, journal_path) from e
         raise
     bar = None
     try:
@@ -718,13 +493,13 @@ def _write_locked(generator: Any, source: Dataset, root: Path, identity: dict, *
                            draws=f"draws/{i:06d}.safetensors" if store else None,
                            sample_conditions=conditions.for_sample(i) if conditions else None)
                 if store:
-                    _atomic_write(root / rec["draws"], _draws_bytes(store))
-                _atomic_write(root / rec["image"], _png_bytes(images[k]))
+                    atomic_write(root / rec["draws"], _draws_bytes(store))
+                atomic_write(root / rec["image"], _png_bytes(images[k]))
                 if label != GOOD:
                     rec["mask"] = f"ground_truth/{label}/{i:06d}_mask.png"
-                    _atomic_write(root / rec["mask"], _png_bytes(np.where(masks[k] >= 128, 255, 0).astype(np.uint8)))
+                    atomic_write(root / rec["mask"], _png_bytes(np.where(masks[k] >= 128, 255, 0).astype(np.uint8)))
                 records[i] = rec
-                lines.append(_dumps(rec) + "\n")
+                lines.append(dumps_line(rec) + "\n")
             _append(journal, journal_path, "".join(lines).encode("utf-8"))  # a kill tears at most the last line
             written += len(idx)
             if bar is not None:
