@@ -29,6 +29,10 @@ USER_ERROR_NAMES = frozenset({"PluginError", "NotFittedError", "DecompressionBom
 NO_RESOURCE_CHECK = "ANOPLUG_NO_RESOURCE_CHECK"
 
 
+#: the ``generate`` flag that sets each per-sample condition
+CONDITION_FLAGS = {"target_mask": "--masks DIR", "boxes": "--boxes FILE", "prompt": "--prompt TEXT"}
+
+
 class UserError(ValueError):
     """A mistake in what the user asked for; reported as one line, exit status 2."""
 
@@ -111,8 +115,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         needs = [k for k in ("fit", "anomalies", "text", "depth", "object_mask") if getattr(req, k)]
         print(f"requires:  {', '.join(needs) or 'nothing'}" + (f"; weights: {req.weights}" if req.weights else ""))
         if req.uses:
-            flags = {"target_mask": "--masks DIR", "boxes": "--boxes FILE", "prompt": "--prompt TEXT",
-                     "source_image": "paired automatically"}
+            flags = {**CONDITION_FLAGS, "source_image": "paired automatically"}
             shown = [f"{c} ({'required' if c in req.conditions else 'optional'}; {flags.get(c, 'Python only')})"
                      for c in req.uses if c not in ("source_object_mask", "reference_masks")]
             print(f"conditions: {', '.join(shown)}")
@@ -178,9 +181,6 @@ _CHANNELS = 4
 _WORK_FACTOR = {"procedural": 8, "learned": 64}
 #: bytes a finished sample's record takes in memory until the run ends (manifest dict + its JSON line)
 _RECORD_BYTES = 4096
-#: PNG bytes per pixel of a written image (RGB at zlib level 3 on typical inspection images) and of its 0/255 mask
-_PNG_RGB, _PNG_MASK = 1.5, 0.1
-_RECORD_DISK = 2048  # a manifest line, plus a small side file of draws
 
 
 def _human(n: float) -> str:
@@ -231,23 +231,6 @@ def free_disk(path: str | Path) -> tuple[int, Path] | None:
         return None
 
 
-def estimate_output_bytes(n: int, size: int, n_train: int = 0) -> int:
-    """Bytes ``n`` generated samples (and ``n_train`` copied normals) of side ``size`` take on disk."""
-    try:
-        from anoplug.data import writer
-
-        helper = getattr(writer, "estimate_output_bytes", None)
-    except ImportError:  # pragma: no cover
-        helper = None
-    if callable(helper):
-        try:
-            return int(helper(n, size, n_train=n_train))
-        except TypeError:  # an older helper without n_train
-            return int(helper(n, size)) + int(n_train * size * size * _PNG_RGB)
-    px = size * size
-    return int(n * (px * (_PNG_RGB + _PNG_MASK) + _RECORD_DISK) + n_train * px * _PNG_RGB)
-
-
 def estimate_memory_bytes(*, n: int, size: int, batch_size: int, learned: bool = False, fit_images: int = 0) -> int:
     """Peak bytes of a run: the batch being generated, the records kept until the end, a fit's data."""
     work = _WORK_FACTOR["learned" if learned else "procedural"]
@@ -283,14 +266,16 @@ def check_resources(*, n: int, size: int, batch_size: int, out: str | Path, n_tr
     """
     if os.environ.get(NO_RESOURCE_CHECK, "") not in ("", "0"):
         return
+    from anoplug.data.writer import estimate_output_bytes
+
     skip = f"({NO_RESOURCE_CHECK}=1 skips this check)"
     disk = free_disk(out)
     if disk is not None:
         free, where = disk
-        total = estimate_output_bytes(n, size, n_train)
+        total = estimate_output_bytes(n, size, n_train=n_train)
         if total > free:  # a resumed run needs room for the missing files only
             samples, normals = present()
-            total = estimate_output_bytes(max(0, n - samples), size, max(0, n_train - normals))
+            total = estimate_output_bytes(max(0, n - samples), size, n_train=max(0, n_train - normals))
         if total > free:
             raise UserError(f"-n {n} at --size {size} needs about {_human(total)} of disk in {out} but {where} has "
                             f"{_human(free)} free; lower -n or --size, or choose another --out {skip}")
@@ -391,7 +376,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     conditions = ConditionSource(masks=args.masks, boxes=args.boxes, prompt=args.prompt)
     for name in gen.requires.conditions:
         if name not in conditions.names() and not (name == "source_image" and gen.requires.paired_source):
-            flag = {"target_mask": "--masks DIR", "boxes": "--boxes FILE", "prompt": "--prompt TEXT"}.get(name, name)
+            flag = CONDITION_FLAGS.get(name, name)
             raise UserError(f"{args.name} needs conditions.{name}: pass {flag}")
     source = open_dataset(args.data, split="train", size=args.size)
     root = Path(args.out) / str(source.category or "dataset")

@@ -162,7 +162,9 @@ def test_a_batch_too_big_for_memory_is_refused_with_the_estimate(tmp_path, capsy
 def test_disk_estimate_counts_what_a_resumed_run_still_needs(tmp_path, capsys, monkeypatch):
     argv = ["generate", "draem", "--data", "toy:metal", "-n", 6, "--size", 32, "--n-train", 2, "--out", tmp_path, "-q"]
     assert run(capsys, *argv)[0] == 0
-    full = cli.estimate_output_bytes(6, 32, 2)
+    from anoplug.data.writer import estimate_output_bytes
+
+    full = estimate_output_bytes(6, 32, n_train=2)
     monkeypatch.setattr(cli, "free_disk", lambda p: (full // 2, Path(p)))
     code, out, err = run(capsys, *argv)  # everything is present: no room needed
     assert code == 0 and "wrote 0 new samples" in out, err

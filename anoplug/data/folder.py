@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,35 +62,31 @@ def _unreachable(p: Path) -> str | None:
     return None
 
 
+def _entries(directory: Path, wanted: Callable[[Path], bool], what: str) -> list[Path]:
+    """Entries of ``directory`` that ``wanted`` keeps, sorted (hidden ones skipped); a broken or looping link is refused."""
+    out = []
+    for p in directory.iterdir():
+        if p.name.startswith(".") or not wanted(p):
+            continue
+        why = _unreachable(p)
+        if why is not None:
+            raise DataError(f"{what}{p} is {why}")
+        out.append(p)
+    return sorted(out)
+
+
 def list_images(directory: Path, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> list[Path]:
     """Image files directly in ``directory``, sorted by name (hidden files skipped).
 
     A broken symbolic link or a link loop with an image extension is a DataError, not a skipped file.
     """
-    out = []
-    for p in directory.iterdir():
-        if p.name.startswith(".") or p.suffix.lower() not in extensions:
-            continue
-        why = _unreachable(p)
-        if why is not None:
-            raise DataError(f"image {p} is {why}")
-        if p.is_file():
-            out.append(p)
-    return sorted(out)
+    images = _entries(directory, lambda p: p.suffix.lower() in extensions, "image ")
+    return [p for p in images if p.is_file()]
 
 
 def list_subdirs(directory: Path) -> list[Path]:
     """Sub-folders directly in ``directory``, sorted (hidden ones skipped); a broken or looping link is a DataError."""
-    out = []
-    for p in directory.iterdir():
-        if p.name.startswith("."):
-            continue
-        why = _unreachable(p)
-        if why is not None:
-            raise DataError(f"{p} is {why}")
-        if p.is_dir():
-            out.append(p)
-    return sorted(out)
+    return [p for p in _entries(directory, lambda p: True, "") if p.is_dir()]
 
 
 def check_unique(records: Sequence[FileRecord], split: str) -> None:

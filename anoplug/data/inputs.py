@@ -20,11 +20,11 @@ import numpy as np
 import torch
 
 from anoplug.data.base import DataError, Dataset
+from anoplug.data.folder import IMAGE_EXTENSIONS, list_images
 from anoplug.types import Batch
 
 __all__ = ["ConditionSource", "InMemoryDataset", "sample_inputs", "source_indices"]
 
-_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
 class InMemoryDataset(Dataset):
@@ -69,9 +69,9 @@ class ConditionSource:
             d = Path(self.masks)
             if not d.is_dir():
                 raise DataError(f"--masks {d}: not a directory of mask images")
-            self._mask_files = sorted(p for p in d.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)
+            self._mask_files = list_images(d)  # the loaders' listing: hidden files skipped, broken links refused
             if not self._mask_files:
-                raise DataError(f"--masks {d}: no mask images ({', '.join(_IMAGE_SUFFIXES)})")
+                raise DataError(f"--masks {d}: no mask images ({', '.join(IMAGE_EXTENSIONS)})")
         if self.boxes is not None:
             f = Path(self.boxes)
             if not f.is_file():
