@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from anoplug.conditions import Conditions
+from anoplug.conditions import Conditions, is_binary
 
 GOOD = "good"
 
@@ -30,21 +30,6 @@ class BatchError(ValueError):
 def _check(cond: bool, msg: str) -> None:
     if not cond:
         raise BatchError(msg)
-
-
-def _is_binary(t: torch.Tensor) -> bool:
-    """Every value is 0 or 1: within [0,1] (one aminmax) and Σ t·(1−t) = 0 (one dot product).
-
-    Each term is ≥ 0 on [0,1] and 0 only at 0 and 1, so the sum cannot cancel; NaN fails the
-    range test. On CPU this is ~7x cheaper than comparing into boolean tensors.
-    """
-    if t.numel() == 0:
-        return True
-    lo, hi = torch.aminmax(t)
-    if not (float(lo) >= 0.0 and float(hi) <= 1.0):
-        return False
-    v = t.reshape(-1)
-    return float(torch.dot(v, 1.0 - v)) == 0.0
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
@@ -357,7 +342,7 @@ class Batch:
             _check(tuple(t.shape) == (b, 1, h, w), f"{name} must be [{b},1,{h},{w}], got {tuple(t.shape)}")
             _check(t.dtype == torch.float32, f"{name} must be float32, got {t.dtype}")
             if values and name != "depth" and b:
-                _check(_is_binary(t), f"{name} must be binary {{0,1}}")
+                _check(is_binary(t), f"{name} must be binary {{0,1}}")
         _check(len(self.label) == b, f"label has {len(self.label)} entries for {b} images")
         _check(len(self.meta) == b, f"meta has {len(self.meta)} entries for {b} images")
         if self.text is not None:
