@@ -391,6 +391,23 @@ def test_failed_runs_train_copies_are_not_reused_by_another_size(tmp_path: Path,
     assert again.written == 4  # the same size resumes as before
 
 
+def test_a_refused_run_never_cleans_up_the_run_that_holds_the_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both runs see a fresh folder; the one refused by the lock must not remove what the holder wrote."""
+    root, held = tmp_path / "out" / "metal", {}
+
+    def winner_starts_first(path: Path) -> None:  # between the loser's "is it fresh?" and its lock
+        path.mkdir(parents=True, exist_ok=True)
+        held["lock"] = outlock.OutputLock(path, _identity(BoxGenerator(), 9, _source())).__enter__()
+        (path / "train").mkdir()
+        (path / "train" / "winner.png").write_bytes(b"the winner's")
+
+    monkeypatch.setattr(W, "make_dir", winner_starts_first)
+    with pytest.raises(DataError, match="another run"):
+        write_generated(BoxGenerator(), _source(), tmp_path / "out", n=2, seed=0, progress=False)
+    assert (root / "train" / "winner.png").read_bytes() == b"the winner's" and (root / LOCK).exists()
+    held["lock"].release()
+
+
 def test_a_run_that_fails_before_its_first_sample_leaves_nothing(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="boom"):
         write_generated(Failing(), _source(size=64), tmp_path / "out", n=4, n_train=3, progress=False)

@@ -416,18 +416,30 @@ def write_generated(generator: Any, source: Dataset, out: str | Path, *, n: int,
     _refuse_output_in_inputs(root, source, conditions)
     fresh, made_out = not root.exists(), not Path(out).exists()
     make_dir(root)
+    emptied = False
     try:
-        with OutputLock(root, identity, data=data):
-            return _write_locked(generator, source, root, identity, n=n, seed=seed, batch_size=batch_size,
-                                 n_train=n_train, progress=progress, conditions=conditions, data=data, replay=replay,
-                                 replay_root=replay_root)
-    except BaseException:
-        if fresh and not any((root / "test").rglob("*.png")):  # failed before its first sample: leave no trace
-            shutil.rmtree(root, ignore_errors=True)
-            if made_out:
-                with contextlib.suppress(OSError):
+        with OutputLock(root, identity, data=data):  # a refused run raises here and touches nothing
+            try:
+                return _write_locked(generator, source, root, identity, n=n, seed=seed, batch_size=batch_size,
+                                     n_train=n_train, progress=progress, conditions=conditions, data=data,
+                                     replay=replay, replay_root=replay_root)
+            except BaseException:
+                if fresh and not any((root / "test").rglob("*.png")):  # failed before its first sample
+                    for entry in root.iterdir():  # everything but the lock we hold: leave no trace
+                        if entry.name == LOCK:
+                            continue
+                        if entry.is_dir() and not entry.is_symlink():
+                            shutil.rmtree(entry, ignore_errors=True)
+                        else:
+                            entry.unlink(missing_ok=True)
+                    emptied = True
+                raise
+    finally:
+        if emptied:  # the lock is released now; the folders go unless another run has started in them
+            with contextlib.suppress(OSError):
+                root.rmdir()
+                if made_out:
                     Path(out).rmdir()
-        raise
 
 
 def _write_locked(generator: Any, source: Dataset, root: Path, identity: dict, *, n: int, seed: int, batch_size: int,
