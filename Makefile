@@ -23,7 +23,7 @@ $(PY):
 $(STAMP): $(PY) pyproject.toml $(wildcard plugins/*/pyproject.toml) Makefile
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH_PINS)
-	$(PIP) install -q -e '.[dev,widgets,diffusion,backbones]' $(foreach p,$(PLUGINS),-e ./$(p)) $(TORCH_PINS)
+	$(PIP) install -q -e '.[dev,widgets,diffusion,backbones,dask]' $(foreach p,$(PLUGINS),-e ./$(p)) $(TORCH_PINS)
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	$(PY) tools/setup_assets.py
 	bash tools/install_browser.sh
