@@ -267,8 +267,10 @@ class Trainer:
     def _report(self, bar: Any, step: int, row: dict) -> None:
         if bar is not None:
             bar.update(1)
-            if "loss" in row and isinstance(row["loss"], float):
-                bar.set_postfix(loss=f"{row['loss']:.4g}", refresh=False)
+            shown = ["loss"] if isinstance(row.get("loss"), float) else \
+                [k for k, v in row.items() if isinstance(v, float) and "/" not in k][:3]  # a GAN: d_loss, g_loss
+            if shown:
+                bar.set_postfix({k: f"{row[k]:.4g}" for k in shown}, refresh=False)
         if callable(self.progress):
             self.progress(step + 1, self.steps, row)
 
