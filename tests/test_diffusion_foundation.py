@@ -1,6 +1,8 @@
-"""anoplug.diffusion: loading, tiny parts, blended sampling, attention processors, textual inversion.
+"""anoplug.diffusion: loading, tiny parts, attention processors, textual inversion.
 
-Each test targets one mechanism and fails if that mechanism is removed.
+Each test targets one mechanism and fails if that mechanism is removed. The sampling loop and
+its hooks (blending, guidance, attention capture, latent optimisation) are tested in
+``test_diffusion_sampling.py``.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
 from anoplug.diffusion import attention as A  # noqa: E402
-from anoplug.diffusion import blend as B  # noqa: E402
 from anoplug.diffusion import inversion as I  # noqa: E402
 from anoplug.diffusion import tiny  # noqa: E402
 from anoplug.diffusion.loading import (  # noqa: E402
@@ -90,92 +91,6 @@ def test_missing_weights_one_clear_error(tmp_path, monkeypatch):
     (tmp_path / "empty").mkdir()
     with pytest.raises(WeightsNotFoundError, match="model_index.json"):
         load_pipeline(tmp_path / "empty")
-
-
-# -- blended sampling ----------------------------------------------------------------------------
-def _zeros_denoiser(log=None):
-    def denoise(x, t, i):
-        if log is not None:
-            log.append((int(t), x.clone()))
-        return torch.zeros_like(x)
-    return denoise
-
-
-def _half_mask(b=2, h=16, w=16):
-    m = torch.zeros(b, 1, h, w)
-    m[..., : w // 2] = 1
-    return m
-
-
-def test_blend_before_puts_q_z0_t_in_the_background():
-    sched = make_scheduler("ddim")
-    z0 = torch.full((2, 4, 16, 16), 3.0)
-    m = _half_mask()
-    log = []
-    B.blended_sample(_zeros_denoiser(log), sched, z0, m, rngs=[torch.Generator().manual_seed(i) for i in range(2)],
-                     num_steps=8, eta=1.0, mode="before")
-    ac = sched.alphas_cumprod
-    for t, x in log:
-        bg = x[..., 8:]
-        assert abs(float(bg.mean()) - 3.0 * float(ac[t].sqrt())) < 0.15, f"t={t}: background is not q(z0, t)"
-        assert abs(float(bg.std()) - float((1 - ac[t]).sqrt())) < 0.15
-
-
-def test_blend_after_uses_noise_level_t_off_by_one():
-    sched = make_scheduler("ddim")
-    z0 = torch.full((2, 4, 16, 16), 3.0)
-    seen = []
-    B.blended_sample(_zeros_denoiser(), sched, z0, _half_mask(), rngs=[torch.Generator().manual_seed(i) for i in range(2)],
-                     num_steps=8, eta=1.0, mode="after", on_step=lambda i, t, x: seen.append((t, x.clone())))
-    for t, x in seen:
-        assert abs(float(x[..., 8:].mean()) - 3.0 * float(sched.alphas_cumprod[t].sqrt())) < 0.15
-
-
-def test_no_blend_does_not_keep_the_background():
-    sched = make_scheduler("ddim")
-    z0 = torch.full((2, 4, 16, 16), 3.0)
-    out = B.blended_sample(_zeros_denoiser(), sched, z0, _half_mask(), rngs=[torch.Generator().manual_seed(i) for i in range(2)],
-                           num_steps=8, eta=1.0, mode="none")
-    kept = B.blended_sample(_zeros_denoiser(), sched, z0, _half_mask(), rngs=[torch.Generator().manual_seed(i) for i in range(2)],
-                            num_steps=8, eta=1.0, mode="before")
-    assert abs(float(kept[..., 8:].mean()) - 3.0) < 0.2
-    assert abs(float(out[..., 8:].mean()) - 3.0) > 1.0
-
-
-def test_pixel_x0_blend_pastes_source_pixels():
-    sched = make_scheduler("ddim")
-    src = torch.rand(2, 4, 16, 16, generator=torch.Generator().manual_seed(5))
-    ident = lambda x: x  # latent == pixels: the paste is visible directly
-    kw = dict(rngs=[torch.Generator().manual_seed(i) for i in range(2)], num_steps=6, eta=0.0)
-    out = B.blended_sample(_zeros_denoiser(), sched, src, _half_mask(), mode="pixel_x0", decode=ident, encode=ident,
-                           source=src, pixel_mask=_half_mask(), pixel_x0_from=0.0, **kw)
-    none = B.blended_sample(_zeros_denoiser(), sched, src, _half_mask(), mode="none", **kw)
-    assert (out[..., 8:] - src[..., 8:]).abs().max() < 1e-3
-    assert (none[..., 8:] - src[..., 8:]).abs().max() > 0.1
-    assert B.step_index(0.5, 50) == 25 and B.step_index(0.5, 4) == 2
-
-
-def test_finish_composite_and_exact_paste():
-    gen = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    src = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(1))
-    m = torch.zeros(1, 1, 32, 32)
-    m[..., 8:24, 8:24] = 1
-    pasted = B.finish(gen, src, m, mode="before", paste=True)
-    assert torch.equal(pasted[..., :4, :], src[..., :4, :]) and torch.equal(pasted[..., 12:20, 12:20], gen[..., 12:20, 12:20])
-    comp = B.finish(gen, src, m, mode="composite", composite_sigma=2.0)
-    assert (comp[..., 0, 0] - src[..., 0, 0]).abs().max() < 1e-6  # far from the mask: the source
-    assert (comp[..., 15, 15] - gen[..., 15, 15]).abs().max() < 1e-3  # deep inside: the generated pixels
-    assert not torch.equal(comp[..., 8, 8:24], gen[..., 8, 8:24])  # the edge is blended
-
-
-def test_blend_is_per_sample():
-    sched = make_scheduler("ddim")
-    z0 = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(0))
-    m = _half_mask(3, 8, 8)
-    den = lambda x, t, i: 0.1 * x
-    full = B.blended_sample(den, sched, z0, m, rngs=[torch.Generator().manual_seed(s) for s in (7, 8, 9)], num_steps=5, eta=1.0)
-    one = B.blended_sample(den, sched, z0[1:2], m[1:2], rngs=[torch.Generator().manual_seed(8)], num_steps=5, eta=1.0)
-    assert torch.allclose(full[1:2], one, atol=1e-6)
 
 
 # -- attention processors ------------------------------------------------------------------------

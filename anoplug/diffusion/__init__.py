@@ -11,7 +11,9 @@ they are used. It holds what the diffusion methods share, built once:
 - :mod:`.tiny`     — tiny components and a locally written tokenizer for tests, assembled
   into real diffusers pipelines; :func:`.tiny.load_tiny_base` loads the committed
   offline base model;
-- :mod:`.blend`    — the mask-preserving ("blended") sampler and its variants;
+- :mod:`.sampling` — the one denoising loop with per-step hooks: the blended-sampling variants,
+  classifier-free guidance, attention capture / re-weighting, test-time latent optimisation;
+- :mod:`.blend`    — small helpers the samplers share (per-sample noise, step fractions, x̂0);
 - :mod:`.attention` — cross-attention processors: capture maps, re-weight logits;
 - :mod:`.inversion` — textual inversion with fixed and per-sample injected vectors.
 """

@@ -11,6 +11,9 @@ One processor class does both, driven by a shared :class:`AttentionState`:
 Recent diffusers drop every ``cross_attention_kwargs`` entry a processor's ``__call__``
 does not name (spec §2.3). The weight map and token columns therefore travel as processor
 state, or as the explicitly declared keywords ``anoplug_weight`` / ``anoplug_tokens``.
+
+In the sampling loop, the hooks ``CaptureCrossAttention`` and ``ReweightCrossAttention`` of
+:mod:`anoplug.diffusion.sampling` install these processors and drive their state per step.
 """
 
 from __future__ import annotations

@@ -132,6 +132,37 @@ def test_guidance_adds_one_unconditional_pass_without_reweighting(monkeypatch):
     assert (guided.image - plain.image).abs()[m].max() > 1e-4
 
 
+def test_the_blend_parameter_chooses_the_sampling_hooks(monkeypatch):
+    """Each ``blend`` value is one §2.1 variant of the shared loop; ``guidance`` and ``paste_background`` add theirs."""
+    from anoplug.diffusion import sampling as S
+
+    runs: list[list[S.Hook]] = []
+    original = S.sample
+
+    def spy(*args, hooks=(), **kw):
+        runs.append(list(hooks))
+        return original(*args, hooks=hooks, **kw)
+
+    monkeypatch.setattr(S, "sample", spy)
+    gen = fitted()
+    b = with_mask(make_toy_batch(1, 64))
+    images = {}
+    for blend, first in (("before", S.BlendBefore), ("after", S.BlendAfter), ("pixel_x0", S.PixelX0Blend),
+                         ("composite", None), ("none", None)):
+        gen.params.blend = blend
+        images[blend] = gen.generate(b, seed=0).image
+        kinds = [type(h) for h in runs[-1]]
+        end = [S.FinalComposite, S.ExactPaste] if blend == "composite" else [S.ExactPaste]
+        assert kinds == [first] * (first is not None) + [S.ReweightCrossAttention] + end, blend
+    assert len({im.numpy().tobytes() for im in images.values()}) == len(images)  # five different samplers
+    gen.params.blend, gen.params.guidance, gen.params.paste_background = "before", 3.0, False
+    gen.generate(make_toy_batch(1, 64), seed=0)  # no target mask: the mask model runs first
+    mask_run, image_run = runs[-2], runs[-1]
+    assert [type(h) for h in mask_run] == [S.ClassifierFreeGuidance] and mask_run[0].scale == gen.params.mask_guidance
+    assert [type(h) for h in image_run] == [S.BlendBefore, S.ClassifierFreeGuidance, S.ReweightCrossAttention]
+    assert image_run[1].scale == 3.0 and not image_run[1].batched  # two passes: the unconditional one is never re-weighted
+
+
 def test_spatial_tokens_follow_the_mask_and_training_subset():
     gen = fitted()
     a, b = torch.zeros(1, 1, 64, 64), torch.zeros(1, 1, 64, 64)

@@ -129,6 +129,11 @@ def arr_radius(t: int, n_train: int, fraction: float, latent_side: int) -> int:
     return int(math.floor((t + 0.1 * n_train) / n_train * fraction * latent_side))
 
 
+def _unet_call(parts: Any) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The sampling loop's model call: ε from the UNet under text embeddings."""
+    return lambda x, t, cond: parts.unet(x, t, encoder_hidden_states=cond).sample
+
+
 def dilate(m: torch.Tensor, r: int) -> torch.Tensor:
     return m if r <= 0 else F.max_pool2d(m, 2 * r + 1, stride=1, padding=r)
 
@@ -413,7 +418,7 @@ class AnomalyDiffusion(LearnedGenerator):
     @torch.no_grad()
     def generate_masks(self, types: Sequence[str], rngs: Sequence[torch.Generator], size: int) -> tuple[torch.Tensor, list[int]]:
         """Masks from the mask model: DDIM (η=1) with CFG against "", channel mean > threshold, border check."""
-        from anoplug.diffusion.blend import blended_sample
+        from anoplug.diffusion.sampling import ClassifierFreeGuidance, sample
 
         p = self.params
         parts = self.parts
@@ -433,14 +438,9 @@ class AnomalyDiffusion(LearnedGenerator):
             prompts = [TEMPLATES[int(torch.randint(0, len(TEMPLATES), (1,), generator=g))].format(self._mask_star()) for g in sub]
             with emb.injected(vec[todo], ids):
                 cond = parts.encode_text(prompts)
-            unc = uncond[todo]
-
-            def denoise(x: torch.Tensor, t: torch.Tensor, i: int, ctx: torch.Tensor = torch.cat([unc, cond])) -> torch.Tensor:
-                eu, ec = parts.unet(torch.cat([x, x]), t, encoder_hidden_states=ctx).sample.chunk(2)
-                return eu + p.mask_guidance * (ec - eu)
-
-            z = blended_sample(denoise, parts.scheduler, torch.zeros(len(todo), *shape[1:]), torch.ones(len(todo), 1, *shape[2:]),
-                               rngs=sub, num_steps=p.mask_steps, eta=p.mask_eta, mode="none")
+            z = sample(_unet_call(parts), parts.scheduler, shape=(len(todo), *shape[1:]), rngs=sub, num_steps=p.mask_steps,
+                       eta=p.mask_eta, cond=cond, device=parts.device,
+                       hooks=[ClassifierFreeGuidance(uncond[todo], p.mask_guidance, batched=True)])
             img = F.interpolate(parts.decode(z), size=(size, size), mode="bilinear", align_corners=False)
             m = (img.mean(1, keepdim=True) > p.mask_threshold).float()
             ok = border_ok(m)
@@ -462,8 +462,7 @@ class AnomalyDiffusion(LearnedGenerator):
         noise where the original call did: the same seeds and records give the same bytes, and
         an edited record (another type or template) changes only what it names.
         """
-        from anoplug.diffusion.attention import AttentionState, attention_processors
-        from anoplug.diffusion.blend import blended_sample, finish
+        from anoplug.diffusion import sampling as S
 
         p = self.params
         drawn = self.sample(batch, rngs)  # advances every rng to where its noise starts, replay or not
@@ -497,36 +496,36 @@ class AnomalyDiffusion(LearnedGenerator):
         cols = torch.isin(token_ids, torch.tensor(ids, device=token_ids.device))
         if p.arr_weight_bos:
             cols[:, 0] = True
-        state = AttentionState(tokens=cols, latent_size=tuple(z0.shape[-2:]))
         n_train = int(parts.scheduler.config.num_train_timesteps)
-        current: dict[str, torch.Tensor] = {}
 
         def mask_at(i: int, t: int) -> torch.Tensor:
+            """The latent mask; with ARR, dilated by a radius that shrinks with t."""
             if not p.adaptive_reweighting:
                 return lat_mask
-            current["m"] = dilate(lat_mask, arr_radius(t, n_train, p.arr_radius, int(z0.shape[-1])))
-            return current["m"]
+            return dilate(lat_mask, arr_radius(t, n_train, p.arr_radius, int(z0.shape[-1])))
 
-        unc = parts.encode_text([""] * n) if p.guidance > 1 else None
+        def arr(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+            return arr_weights(x, z0, mask_at(ctx.i, int(ctx.t)), p.arr_max_weight)
 
-        def denoise(x: torch.Tensor, t: torch.Tensor, i: int) -> torch.Tensor:
-            if p.adaptive_reweighting:
-                state.weight = arr_weights(x, z0, current["m"], p.arr_max_weight)
-            eps = parts.unet(x, t, encoder_hidden_states=cond).sample
-            if unc is None:
-                return eps
-            weight, state.weight = state.weight, None  # the unconditional pass has no anomaly tokens to re-weight
-            eps_unc = parts.unet(x, t, encoder_hidden_states=unc).sample
-            state.weight = weight
-            return eps_unc + p.guidance * (eps - eps_unc)
+        # the `blend` parameter names one of the §2.1 variants; each is a hook of the one sampling loop
+        blend = {"before": [S.BlendBefore(z0, mask_at)], "after": [S.BlendAfter(z0, mask_at)],
+                 "pixel_x0": [S.PixelX0Blend(parts.decode, parts.encode_image, img, work_mask)],
+                 "composite": [], "none": []}[p.blend]
+        guidance = [S.ClassifierFreeGuidance(parts.encode_text([""] * n), p.guidance, batched=False)] if p.guidance > 1 else []
+        # the anoplug processors are installed with ARR off too, so ARR on/off differ by the re-weighting alone
+        arr_hook = S.ReweightCrossAttention(parts.unet, cols, arr, layers=lambda name: p.adaptive_reweighting)
+        finish = ([S.FinalComposite(batch.image, out_mask)] if p.blend == "composite" else []) + (
+            [S.ExactPaste(batch.image, out_mask)] if p.paste_background else [])
 
-        with attention_processors(parts.unet, state, reweight=(lambda name: p.adaptive_reweighting)):
-            state.capture = False
-            z = blended_sample(denoise, parts.scheduler, z0, mask_at, rngs=rngs, num_steps=p.steps, eta=p.eta, mode=p.blend,
-                               decode=parts.decode, encode=parts.encode_image, source=img, pixel_mask=work_mask)
-        gen = parts.decode(z)
-        gen = F.interpolate(gen, size=(h, w), mode="bicubic", align_corners=False).clamp(0, 1) if (h, w) != (size, size) else gen
-        out = finish(gen, batch.image, out_mask, mode=p.blend, paste=p.paste_background)
+        def decode(z: torch.Tensor) -> torch.Tensor:
+            """Latent → image in [0, 1] at the batch's size."""
+            gen = parts.decode(z)
+            if (h, w) == (size, size):
+                return gen
+            return F.interpolate(gen, size=(h, w), mode="bicubic", align_corners=False).clamp(0, 1)
+
+        out = S.sample(_unet_call(parts), parts.scheduler, shape=z0.shape, rngs=rngs, num_steps=p.steps, eta=p.eta, cond=cond,
+                       device=z0.device, hooks=[*blend, *guidance, arr_hook, *finish], decode=decode)
         labels = [t if bool(out_mask[i].any()) else GOOD for i, t in enumerate(types)]
         result = Batch(image=out.float().contiguous(), mask=out_mask.clone(), label=labels, meta=[dict(m) for m in batch.meta],
                        object_mask=batch.object_mask, depth=batch.depth, text=batch.text)

@@ -299,7 +299,7 @@ class BBoxDiffusion(LearnedGenerator):
         original call did: a replay gives the same bytes, and edited boxes change only the
         condition. Replayed records and ``conditions.boxes`` must agree when both are given.
         """
-        from anoplug.diffusion.blend import blended_sample
+        from anoplug.diffusion.sampling import sample
 
         drawn = self.sample(batch, rngs)  # advances every rng to where its noise starts
         boxes = [s["boxes"] for s in drawn]
@@ -324,11 +324,10 @@ class BBoxDiffusion(LearnedGenerator):
         sched = make_ddpm(self.params.train_steps)
         shape = (len(batch), 3 + self.bits, s, s)
 
-        def denoise(x: torch.Tensor, t: torch.Tensor, i: int) -> torch.Tensor:
-            return self.unet(torch.cat([x, cond], 1), t).sample
+        def model(x: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+            return self.unet(torch.cat([x, c], 1), t).sample  # the condition maps join the input channels
 
-        x = blended_sample(denoise, sched, torch.zeros(shape, device=self.device), torch.ones(shape[0], 1, s, s),
-                           rngs=rngs, num_steps=self.params.sample_steps, mode="none")
+        x = sample(model, sched, shape=shape, rngs=rngs, num_steps=self.params.sample_steps, cond=cond, device=self.device)
         image = ((x[:, :3] + 1) / 2).clamp(0, 1)
         ids = from_bits(x[:, 3:], len(self.classes)).float()
         if (h, w) != (s, s):
