@@ -15,7 +15,10 @@ they are used. It holds what the diffusion methods share, built once:
   classifier-free guidance, attention capture / re-weighting, test-time latent optimisation;
 - :mod:`.blend`    — small helpers the samplers share (per-sample noise, step fractions, x̂0);
 - :mod:`.attention` — cross-attention processors: capture maps, re-weight logits;
-- :mod:`.inversion` — textual inversion with fixed and per-sample injected vectors.
+- :mod:`.finetune` — the fine-tune modes on :class:`anoplug.train.Trainer`: textual inversion
+  (fixed and per-sample injected vectors), LoRA (peft), DreamBooth with prior preservation,
+  ControlNet, T2I-Adapter, IP-Adapter;
+- :mod:`.inversion` — the old import path of textual inversion (re-exports :mod:`.finetune`).
 """
 
 from __future__ import annotations
