@@ -10,7 +10,11 @@ loss (:mod:`.common`); they differ in what trains and what conditions the UNet:
   and CLIP's attention via ``peft``; ``pytorch_lora_weights.safetensors``
   (``pipe.load_lora_weights``);
 - **DreamBooth** (:mod:`.dreambooth`): the full UNet (+ text encoder) with prior preservation;
-  a diffusers pipeline directory (``from_pretrained``).
+  a diffusers pipeline directory (``from_pretrained``);
+- **ControlNet** (:mod:`.controlnet`), **T2I-Adapter** (:mod:`.t2i_adapter`) and an
+  **IP-Adapter**-style image prompt (:mod:`.ip_adapter`): a small network beside the frozen
+  model (shared data in :mod:`.conditioned`); ``ControlNetModel.from_pretrained``,
+  ``T2IAdapter.from_pretrained``, ``pipe.load_ip_adapter``.
 
 A new mode is a sibling module with the same shape: a ``*_loss`` step that calls
 :func:`.common.noise_prediction_loss`, a ``train_*`` that runs it with :func:`.common.fit`, and
@@ -26,6 +30,9 @@ MODES: dict[str, str] = {
     "textual_inversion": "anoplug.diffusion.finetune.textual_inversion",
     "lora": "anoplug.diffusion.finetune.lora",
     "dreambooth": "anoplug.diffusion.finetune.dreambooth",
+    "controlnet": "anoplug.diffusion.finetune.controlnet",
+    "t2i_adapter": "anoplug.diffusion.finetune.t2i_adapter",
+    "ip_adapter": "anoplug.diffusion.finetune.ip_adapter",
 }
 
 __all__ = ["MODES"]
