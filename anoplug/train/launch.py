@@ -14,25 +14,11 @@ that they agree).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 __all__ = ["main"]
-
-
-def _params(items: list[str]) -> dict:
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"anoplug.train.launch: --param {item!r} is not KEY=VALUE")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,17 +38,25 @@ def main(argv: list[str] | None = None) -> int:
 
     from accelerate import PartialState
 
-    from anoplug.data import open_dataset
-    from anoplug.registry import get_registry
+    from anoplug.cli import UserError, _build_generator
+    from anoplug.data import DataError, open_dataset
 
     state = PartialState(cpu=True) if _no_gpu() else PartialState()
-    gen = get_registry().get_generator(args.name, **_params(args.param))
+    try:  # the same NAME=VALUE parsing and one-line errors as `anoplug generate -p`
+        gen = _build_generator(args.name, args.param)
+    except (UserError, ValueError, KeyError) as e:
+        print(f"anoplug.train.launch: {e}", file=sys.stderr)
+        return 2
     from anoplug.learned import Trainable
 
     if not isinstance(gen, Trainable):
         print(f"anoplug.train.launch: {args.name} is not a learned method; nothing to fit", file=sys.stderr)
         return 2
-    ds = open_dataset(args.data, split="train", size=args.size)
+    try:
+        ds = open_dataset(args.data, split="train", size=args.size)
+    except DataError as e:
+        print(f"anoplug.train.launch: --data {args.data}: {e}", file=sys.stderr)
+        return 2
     n = len(ds) if not args.limit else min(args.limit, len(ds))
     normals = ds.batch(range(n))
     anomalies = None
