@@ -52,35 +52,47 @@ def flip_augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 
 
 def train_vae(vae, images: torch.Tensor, steps: int, batch: int, lr: float, kl_weight: float, g: torch.Generator, log,
-              crop: int = 0):
-    """L1 + MSE reconstruction with a tiny KL term; on random ``crop``-px crops (the VAE is convolutional) when > 0."""
+              crop: int = 0) -> list[float]:
+    """L1 + MSE reconstruction with a tiny KL term; on random ``crop``-px crops (the VAE is convolutional) when > 0.
+
+    AdamW + global-norm clipping at 1, run by :class:`anoplug.train.Trainer`; returns the
+    reconstruction loss (without the KL term) of every step.
+    """
+    from anoplug.train import Trainer
+
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
-    vae.train()
-    curve = []
-    for step in range(steps):
-        idx = torch.randint(0, len(images), (batch,), generator=g)
-        x = flip_augment(images[idx], g) * 2 - 1
+
+    def step_fn(ctx) -> dict:
+        x = flip_augment(images[torch.randint(0, len(images), (batch,), generator=ctx.generator)], ctx.generator) * 2 - 1
         if 0 < crop < x.shape[-1]:
-            oy, ox = (int(v) for v in torch.randint(0, x.shape[-1] - crop + 1, (2,), generator=g))
+            oy, ox = (int(v) for v in torch.randint(0, x.shape[-1] - crop + 1, (2,), generator=ctx.generator))
             x = x[..., oy:oy + crop, ox:ox + crop]
         post = vae.encode(x).latent_dist
-        z = post.mean + post.std * torch.randn(post.mean.shape, generator=g)
+        z = post.mean + post.std * torch.randn(post.mean.shape, generator=ctx.generator)
         rec = vae.decode(z).sample
         loss_rec = F.l1_loss(rec, x) + F.mse_loss(rec, x)
-        loss = loss_rec + kl_weight * post.kl().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        opt.step()
-        curve.append(loss_rec.item())
-        if step % 50 == 0 or step == steps - 1:
-            log(f"vae step {step} rec {sum(curve[-50:]) / len(curve[-50:]):.4f}")
-    vae.eval()
+        return {"loss": loss_rec + kl_weight * post.kl().mean(), "rec": loss_rec.detach()}
+
+    curve: list[float] = []
+
+    def report(done: int, total: int, row: dict) -> None:
+        curve.append(row["rec"])
+        if (done - 1) % 50 == 0 or done == total:
+            log(f"vae step {done - 1} rec {sum(curve[-50:]) / len(curve[-50:]):.4f}")
+
+    Trainer({"vae": vae}, {"vae": opt}, step_fn, steps=steps, generator=g, clip_grad_norm=1.0, progress=report,
+            desc="vae").fit()
     return curve
 
 
 class EMA:
-    """Exponential moving average of parameters: the usual way diffusion models are sampled."""
+    """Exponential moving average of parameters with a warm-up: the usual way diffusion models are sampled.
+
+    Kept here rather than the Trainer's ``ema=`` (a plain ``AveragedModel``, whose first update
+    copies the weights and whose decay is constant): the shipped v2 model was made with this
+    warm-up, ``min(decay, (1 + step) / (10 + step))`` from the initial weights, and the port keeps
+    its recipe bit for bit. It is updated after each optimiser update by the Trainer's callback.
+    """
 
     def __init__(self, modules, decay: float):
         self.decay = decay
@@ -97,52 +109,94 @@ class EMA:
         for p, s in zip(self.params, self.shadow):
             p.copy_(s)
 
+    def save(self, directory: Path) -> None:
+        from safetensors.torch import save_file
+
+        save_file({f"{i:05d}": s.contiguous() for i, s in enumerate(self.shadow)}, str(directory / "ema.safetensors"))
+
+    def load(self, directory: Path) -> None:
+        from safetensors.torch import load_file
+
+        stored = load_file(str(directory / "ema.safetensors"))
+        with torch.no_grad():
+            for i, s in enumerate(self.shadow):
+                s.copy_(stored[f"{i:05d}"])
+
+
+def lr_factor(step: int, steps: int) -> float:
+    """Linear warm-up over the first 5 % of the steps, then cosine from 1 to 0.1 (a ``LambdaLR`` factor)."""
+    warm = max(1, steps // 20)
+    return min(1.0, (step + 1) / warm) * (0.1 + 0.9 * 0.5 * (1 + torch.cos(torch.tensor(step / steps * 3.14159)).item()))
+
 
 def train_unet(unet, text_encoder, tokenizer, latents: torch.Tensor, captions: list[str], steps: int, batch: int,
-               lr: float, drop: float, g: torch.Generator, log, ema_decay: float = 0.0, checkpoint=None):
+               lr: float, drop: float, g: torch.Generator, log, ema_decay: float = 0.0, checkpoint_dir: Path | None = None,
+               checkpoint_every: int = 1000, resume_from: Path | None = None) -> list[float]:
+    """ε-prediction MSE for the UNet and the text encoder together (one AdamW, clipping at 1), on Trainer.
+
+    Captions are replaced by the empty one with probability ``drop`` (classifier-free guidance).
+    Every ``checkpoint_every`` steps a Trainer checkpoint (raw weights with ``save_pretrained``,
+    the EMA, every optimiser/scheduler/RNG state) goes to ``checkpoint_dir/step-NNNNNN``, so an
+    interrupted run leaves a usable model and ``resume_from`` continues it to the same weights.
+    """
     from anoplug.diffusion.loading import make_scheduler
+    from anoplug.train import Trainer
 
     sched = make_scheduler("ddpm")
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
-    warm = max(1, steps // 20)
-    lr_at = lambda s: min(1.0, (s + 1) / warm) * (0.1 + 0.9 * 0.5 * (1 + torch.cos(torch.tensor(s / steps * 3.14159)).item()))
+    lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps))
     n_ctx = int(tokenizer.model_max_length)
     ids_all = tokenizer(captions, padding="max_length", max_length=n_ctx, truncation=True, return_tensors="pt").input_ids
     ids_empty = tokenizer([""], padding="max_length", max_length=n_ctx, return_tensors="pt").input_ids
-    unet.train()
-    text_encoder.train()
     ema = EMA([unet, text_encoder], ema_decay) if ema_decay > 0 else None
-    curve = []
-    for step in range(steps):
-        for grp in opt.param_groups:
-            grp["lr"] = lr * lr_at(step)
+
+    def step_fn(ctx) -> torch.Tensor:
+        g = ctx.generator
         idx = torch.randint(0, len(latents), (batch,), generator=g)
         z0 = flip_augment(latents[idx], g)
         ids = ids_all[idx].clone()
-        dropped = torch.rand(batch, generator=g) < drop
-        ids[dropped] = ids_empty
+        ids[torch.rand(batch, generator=g) < drop] = ids_empty
         t = torch.randint(0, sched.config.num_train_timesteps, (batch,), generator=g)
         noise = torch.randn(z0.shape, generator=g)
         x_t = sched.add_noise(z0, noise, t)
-        cond = text_encoder(ids)[0]
-        loss = F.mse_loss(unet(x_t, t, encoder_hidden_states=cond).sample, noise)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        return F.mse_loss(unet(x_t, t, encoder_hidden_states=text_encoder(ids)[0]).sample, noise)
+
+    def report(done: int, total: int, row: dict) -> None:
         if ema is not None:
-            ema.update(step)
-        curve.append(loss.item())
-        if step % 100 == 0 or step == steps - 1:
-            log(f"unet step {step} loss {sum(curve[-100:]) / len(curve[-100:]):.4f}")
-        if checkpoint is not None and step % 1000 == 999:
-            checkpoint(step, curve)
+            ema.update(done - 1)
+        if (done - 1) % 100 == 0 or done == total:
+            last = [r["loss"] for r in trainer.history[-100:]]  # a resumed run's history starts with the checkpoint's
+            log(f"unet step {done - 1} loss {sum(last) / len(last):.4f}")
+        if checkpoint_dir is not None and checkpoint_every and done % checkpoint_every == 0 and done < total:
+            log(f"checkpoint at step {done} in {checkpoint_dir}")
+
+    def save_weights(d: Path) -> None:
+        unet.save_pretrained(str(d / "unet"), safe_serialization=True)
+        text_encoder.save_pretrained(str(d / "text_encoder"), safe_serialization=True)
+        if ema is not None:
+            ema.save(d)
+
+    def load_weights(d: Path) -> None:
+        from diffusers import UNet2DConditionModel
+        from transformers import CLIPTextModel
+
+        with torch.no_grad():
+            unet.load_state_dict(UNet2DConditionModel.from_pretrained(str(d / "unet"), local_files_only=True).state_dict())
+            text_encoder.load_state_dict(CLIPTextModel.from_pretrained(str(d / "text_encoder"),
+                                                                       local_files_only=True).state_dict())
+        if ema is not None:
+            ema.load(d)
+
+    trainer = Trainer({"unet": unet, "text_encoder": text_encoder}, {"unet+text": opt}, step_fn, steps=steps, generator=g,
+                      schedulers={"unet+text": lr_sched}, clip_grad_norm=1.0, progress=report, desc="unet",
+                      checkpoint_every=checkpoint_every if checkpoint_dir is not None else 0, checkpoint_dir=checkpoint_dir,
+                      save_weights=save_weights, load_weights=load_weights,
+                      meta={"lr": lr, "batch": batch, "drop": drop, "ema": ema_decay})
+    history = trainer.fit(resume_from=resume_from)
     if ema is not None:
         ema.copy_to_model()
-    unet.eval()
-    text_encoder.eval()
-    return curve
+    return [row["loss"] for row in history]
 
 
 @torch.no_grad()
@@ -227,6 +281,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--text-hidden", type=int, default=64)
     ap.add_argument("--max-tokens", type=int, default=32, help="text context length")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--checkpoint-every", type=int, default=1000,
+                    help="UNet-stage Trainer checkpoint every K steps into <out>_partial/step-NNNNNN (0 = none)")
+    ap.add_argument("--resume-from", default="", help="continue the UNet stage from such a checkpoint directory")
     ap.add_argument("--grid", default="", help="only write a sample grid (PNG) of the model in --out to this path")
     ap.add_argument("--loss-plot", default="", help="only plot the loss curves of the model in --out to this path")
     args = ap.parse_args(argv)
@@ -290,15 +347,10 @@ def main(argv: list[str] | None = None) -> int:
                           attention_head_dim=8, first_attn_level=args.first_attn_level, seed=args.seed)
     t0 = time.time()
     ckpt_dir = out.parent / (out.name + "_partial")
-
-    def checkpoint(step: int, curve: list[float]) -> None:
-        """Raw (non-EMA) weights every 1000 steps, so an interrupted run still leaves a usable model."""
-        unet.save_pretrained(str(ckpt_dir / "unet"), safe_serialization=True)
-        text_encoder.save_pretrained(str(ckpt_dir / "text_encoder"), safe_serialization=True)
-        log(f"checkpoint at step {step + 1} in {ckpt_dir}")
-
     unet_curve = train_unet(unet, text_encoder, tokenizer, latents, captions, args.unet_steps, args.unet_batch,
-                            args.unet_lr, 0.1, g, log, ema_decay=args.ema, checkpoint=checkpoint)
+                            args.unet_lr, 0.1, g, log, ema_decay=args.ema, checkpoint_dir=ckpt_dir,
+                            checkpoint_every=args.checkpoint_every,
+                            resume_from=Path(args.resume_from) if args.resume_from else None)
     unet_time = time.time() - t0
     log(f"unet done in {unet_time:.0f}s")
 

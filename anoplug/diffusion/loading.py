@@ -17,6 +17,12 @@ weights are not here, one :class:`WeightsNotFoundError` names the model and the 
 
 A tokenizer that transformers silently replaces with a 2-token stub (what a missing
 vocabulary gives offline) is refused with :class:`TokenizerError`.
+
+**Inpainting.** A directory in the ``StableDiffusionInpaintPipeline`` layout (an SD-inpainting
+checkpoint: 9-channel UNet) loads through the same call and comes back as that class.
+``"tiny-inpaint"`` is its offline stand-in: :func:`load_tiny_inpaint` assembles it from
+``assets/tiny_inpaint`` (the 9-channel UNet and scheduler) and the tiny base's VAE, text
+encoder and tokenizer, which it was trained on and does not copy.
 """
 
 from __future__ import annotations
@@ -39,18 +45,24 @@ from anoplug.diffusion.base import (
     make_scheduler,
 )
 
-__all__ = ["WeightsNotFoundError", "TokenizerError", "load_pipeline", "make_scheduler", "Parts", "LDM_BETAS",
-           "check_tokenizer", "ALLOW_DOWNLOAD_ENV", "downloads_allowed", "hub_offline"]
+__all__ = ["WeightsNotFoundError", "TokenizerError", "load_pipeline", "load_tiny_inpaint", "make_scheduler", "Parts",
+           "LDM_BETAS", "check_tokenizer", "ALLOW_DOWNLOAD_ENV", "downloads_allowed", "hub_offline", "TINY_INPAINT",
+           "TINY_INPAINT_DIR", "INPAINT_IN_CHANNELS"]
 
 Family = Literal["ldm", "sd"]
 #: untrained tiny pipelines for tests: SD layout (CLIP) and LDM layout (LDM-BERT).
 TINY_RANDOM = ("tiny-random", "tiny-random-ldm")
+#: the trained tiny inpainting base (``tools/train_tiny_inpaint.py``), and where its own files live.
+TINY_INPAINT = "tiny-inpaint"
+TINY_INPAINT_DIR = Path(__file__).resolve().parent.parent / "assets" / "tiny_inpaint"
+#: SD-inpainting's UNet input: noisy latent (4) + down-sampled mask (1) + masked-image latent (4).
+INPAINT_IN_CHANNELS = 9
 
 
 def load_pipeline(model_id_or_dir: str | Path, *, scheduler: SchedulerKind = "ddim", family: Family | None = None,
                   device: str | torch.device = "cpu", torch_dtype: torch.dtype | None = None,
                   allow_download: bool | None = None, **kwargs: Any) -> Any:
-    """Load a diffusers pipeline (hub id, local directory, ``"tiny-base"`` or ``"tiny-random[-ldm]"``).
+    """Load a diffusers pipeline (hub id, local directory, ``"tiny-base"``, ``"tiny-inpaint"`` or ``"tiny-random[-ldm]"``).
 
     The scheduler is replaced by the family's DDIM/PNDM/DDPM/DPM with the LDM β schedule.
 
@@ -65,6 +77,8 @@ def load_pipeline(model_id_or_dir: str | Path, *, scheduler: SchedulerKind = "dd
         from anoplug.diffusion.tiny import load_tiny_base
 
         pipe = load_tiny_base()
+    elif name == TINY_INPAINT or _is_dir(name, TINY_INPAINT_DIR):
+        pipe = load_tiny_inpaint()
     elif name in TINY_RANDOM:
         from anoplug.diffusion import tiny
 
@@ -97,6 +111,46 @@ def load_pipeline(model_id_or_dir: str | Path, *, scheduler: SchedulerKind = "dd
     if hasattr(pipe, "safety_checker") and getattr(pipe, "safety_checker", None) is not None:
         pipe.safety_checker = None  # industrial images; the checker also needs extra downloads
     return pipe.to(device)
+
+
+def load_tiny_inpaint(directory: str | Path | None = None, *, base: str | Path | None = None) -> Any:
+    """The offline stand-in for SD-inpainting: a ``StableDiffusionInpaintPipeline`` with a 9-channel UNet.
+
+    ``directory`` (default ``assets/tiny_inpaint``) holds only what inpainting training made
+    (``unet/``, ``scheduler/``, ``model_index.json``); the VAE, text encoder and tokenizer come
+    from ``base`` (default the tiny base), passed to diffusers' ``from_pretrained`` as
+    components, so 1.6 MB of weights are not stored twice. A complete SD-inpainting directory
+    needs none of this: ``load_pipeline(dir)``.
+    """
+    from diffusers import AutoencoderKL, StableDiffusionInpaintPipeline
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    from anoplug.diffusion.tiny import TINY_BASE_DIR
+
+    d = Path(directory) if directory is not None else TINY_INPAINT_DIR
+    b = Path(base) if base is not None else TINY_BASE_DIR
+    needed = [d / "model_index.json", d / "unet" / "config.json", *(b / c for c in ("vae", "text_encoder", "tokenizer"))]
+    missing = [str(p) for p in needed if not p.exists()]
+    if missing:
+        raise WeightsNotFoundError(f"the tiny inpainting base is incomplete (missing {', '.join(missing)}); restore "
+                                   "anoplug/assets/tiny_inpaint and tiny_base from git, or rebuild it with "
+                                   "tools/train_tiny_inpaint.py (docs/zoo.md)")
+    shared = {"vae": AutoencoderKL.from_pretrained(str(b), subfolder="vae", local_files_only=True),
+              "text_encoder": CLIPTextModel.from_pretrained(str(b), subfolder="text_encoder", local_files_only=True),
+              "tokenizer": CLIPTokenizer.from_pretrained(str(b), subfolder="tokenizer", local_files_only=True)}
+    pipe = StableDiffusionInpaintPipeline.from_pretrained(str(d), **shared, safety_checker=None, feature_extractor=None,
+                                                          requires_safety_checker=False, local_files_only=True)
+    if pipe.unet.config.in_channels != INPAINT_IN_CHANNELS:
+        raise WeightsNotFoundError(f"{d}/unet has {pipe.unet.config.in_channels} input channels, not the "
+                                   f"{INPAINT_IN_CHANNELS} of an inpainting UNet")
+    return pipe
+
+
+def _is_dir(name: str, directory: Path) -> bool:
+    try:
+        return Path(name).expanduser().resolve() == directory.resolve()
+    except OSError:
+        return False
 
 
 def _not_loaded(name: str, error: BaseException, *, online: bool, local: bool) -> str:

@@ -92,13 +92,17 @@ def train_detector(normals: torch.Tensor, anomalies: torch.Tensor, masks: torch.
                    eval_every: int = 0) -> tuple[DiscriminativeUNet, list[float]]:
     """Train from scratch; each sample is a synthetic anomaly with probability ``anomaly_prob``, else a clean normal.
 
-    Adam(lr), MultiStepLR at 80 % and 90 % of ``steps`` with gamma 0.2 (the DRAEM schedule).
-    ``callback(step, model)`` runs every ``eval_every`` steps (for opt-in checkpoint selection).
+    Adam(lr), MultiStepLR at 80 % and 90 % of ``steps`` with gamma 0.2 (the DRAEM schedule), run by
+    :class:`anoplug.train.Trainer` (the one training loop of anoplug; same weights as the former
+    hand-written loop, bit for bit). ``callback(step, model)`` runs after every ``eval_every``-th
+    update (for opt-in checkpoint selection).
     Every draw (initial weights, which samples, which are synthetic) comes from ``seed``; the global
     RNG is neither used nor advanced. The result is bit-reproducible for a fixed device and thread
     count, but not across thread counts: the conv backward sums in a thread-dependent order, and
     training amplifies that last-bit difference into a different detector (see ``utility.py``).
     """
+    from anoplug.train import Trainer
+
     g = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):  # the constructor's default init draws from (and would advance) the global RNG
         model = _init_weights(DiscriminativeUNet(3, 2, base_width), g).to(device)
@@ -107,29 +111,27 @@ def train_detector(normals: torch.Tensor, anomalies: torch.Tensor, masks: torch.
     n_norm, n_anom = len(normals), len(anomalies)
     if n_norm == 0:
         raise ValueError("downstream utility needs normal training images")
-    losses: list[float] = []
-    model.train()
-    for step in range(steps):
-        is_anom = (torch.rand(batch_size, generator=g) < anomaly_prob) & (n_anom > 0)
-        i_norm = torch.randint(n_norm, (batch_size,), generator=g)
-        i_anom = torch.randint(max(n_anom, 1), (batch_size,), generator=g)
+
+    def step_fn(ctx) -> torch.Tensor:
+        """One batch: each sample a synthetic anomaly (with its mask) with probability ``anomaly_prob``, else a normal."""
+        is_anom = (torch.rand(batch_size, generator=ctx.generator) < anomaly_prob) & (n_anom > 0)
+        i_norm = torch.randint(n_norm, (batch_size,), generator=ctx.generator)
+        i_anom = torch.randint(max(n_anom, 1), (batch_size,), generator=ctx.generator)
         img = normals[i_norm].clone()
         tgt = torch.zeros(batch_size, 1, *img.shape[-2:])
         if n_anom:
             sel = is_anom.view(-1, 1, 1, 1)
             img = torch.where(sel, anomalies[i_anom], img)
             tgt = torch.where(sel, masks[i_anom], tgt)
-        logits = model(img.to(device))
-        loss = focal_loss(logits, tgt.to(device), gamma)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(float(loss.detach()))
-        if callback is not None and eval_every and (step + 1) % eval_every == 0:
-            callback(step + 1, model)
-    model.eval()
-    return model, losses
+        return focal_loss(model(img.to(device)), tgt.to(device), gamma)
+
+    def on_update(done: int, total: int, row: dict) -> None:
+        if callback is not None and eval_every and done % eval_every == 0:
+            callback(done, model)
+
+    history = Trainer({"model": model}, {"model": opt}, step_fn, steps=steps, generator=g, schedulers={"model": sched},
+                      device=device, progress=on_update, desc="detector").fit()
+    return model, [float(row["loss"]) for row in history]
 
 
 @torch.no_grad()
