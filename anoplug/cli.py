@@ -179,8 +179,8 @@ def _build_generator(name: str, param_pairs: Sequence[str], load: str | None = N
 _CHANNELS = 4
 #: working copies of a batch a generator holds at once (inputs, outputs, noise, blends); learned ones hold more
 _WORK_FACTOR = {"procedural": 8, "learned": 64}
-#: bytes a finished sample's record takes in memory until the run ends (manifest dict + its JSON line)
-_RECORD_BYTES = 4096
+#: bytes a finished sample takes in memory until the run ends (the writer streams its record: an offset and a label)
+_RECORD_BYTES = 16
 
 
 def _human(n: float) -> str:
@@ -231,11 +231,12 @@ def free_disk(path: str | Path) -> tuple[int, Path] | None:
         return None
 
 
-def estimate_memory_bytes(*, n: int, size: int, batch_size: int, learned: bool = False, fit_images: int = 0) -> int:
-    """Peak bytes of a run: the batch being generated, the records kept until the end, a fit's data."""
+def estimate_memory_bytes(*, n: int, size: int, batch_size: int, learned: bool = False, fit_images: int = 0,
+                          workers: int = 1) -> int:
+    """Peak bytes of a run: the batch each local worker generates, what is kept per finished sample, a fit's data."""
     work = _WORK_FACTOR["learned" if learned else "procedural"]
     px = size * size * _CHANNELS * 4
-    return batch_size * px * work + n * _RECORD_BYTES + fit_images * px * 2
+    return workers * batch_size * px * work + n * _RECORD_BYTES + fit_images * px * 2
 
 
 def _manifest_lines(path: Path) -> int:
@@ -257,7 +258,7 @@ def _count_files(folder: Path) -> int:
 
 
 def check_resources(*, n: int, size: int, batch_size: int, out: str | Path, n_train: int = 0, learned: bool = False,
-                    fit_images: int = 0, present: Callable[[], tuple[int, int]] = lambda: (0, 0)) -> None:
+                    fit_images: int = 0, present: Callable[[], tuple[int, int]] = lambda: (0, 0), workers: int = 1) -> None:
     """Refuse (:class:`UserError`, one line with the estimate) a run this machine cannot hold or store.
 
     ``present()`` counts the samples and the train normals already written (a resumed run
@@ -279,17 +280,19 @@ def check_resources(*, n: int, size: int, batch_size: int, out: str | Path, n_tr
         if total > free:
             raise UserError(f"-n {n} at --size {size} needs about {_human(total)} of disk in {out} but {where} has "
                             f"{_human(free)} free; lower -n or --size, or choose another --out {skip}")
-    need = estimate_memory_bytes(n=n, size=size, batch_size=batch_size, learned=learned, fit_images=fit_images)
+    need = estimate_memory_bytes(n=n, size=size, batch_size=batch_size, learned=learned, fit_images=fit_images,
+                                 workers=workers)
     have = available_memory()
     if have is not None and need > have:
         px = size * size * _CHANNELS * 4
-        parts = [(batch_size * px * _WORK_FACTOR["learned" if learned else "procedural"],
-                  f"for a batch of {batch_size} at --size {size}"),
+        each = f" in each of {workers} workers" if workers > 1 else ""
+        parts = [(workers * batch_size * px * _WORK_FACTOR["learned" if learned else "procedural"],
+                  f"for a batch of {batch_size} at --size {size}{each}"),
                  (n * _RECORD_BYTES, f"for the records of -n {n}"),
                  (fit_images * px * 2, f"for {fit_images} training images")]
         why = ", ".join(f"{_human(b)} {what}" for b, what in parts if b >= need / 10)
         raise UserError(f"this run needs about {_human(need)} of memory ({why}) but {_human(have)} is available; "
-                        f"lower --batch-size, --size or -n {skip}")
+                        f"lower --batch-size, --size{', --workers' if workers > 1 else ''} or -n {skip}")
 
 
 def _read_anomalies(spec: str, size: int) -> Any:
@@ -356,6 +359,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise UserError(f"--seed must be non-negative, got {args.seed}")
     if args.n_train is not None and args.n_train < 0:
         raise UserError(f"--n-train must be non-negative, got {args.n_train}")
+    if args.workers is not None and args.workers < 1:
+        raise UserError(f"--workers must be at least 1, got {args.workers}")
     if args.replay:
         return _replay(args)
     if not args.name or not args.data:
@@ -380,11 +385,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
             raise UserError(f"{args.name} needs conditions.{name}: pass {flag}")
     source = open_dataset(args.data, split="train", size=args.size)
     root = Path(args.out) / str(source.category or "dataset")
+    executor = _executor(args, args.n)
     check_resources(n=args.n, size=args.size, batch_size=args.batch_size, out=args.out,
                     n_train=min(len(source), 64 if args.n_train is None else args.n_train),
                     learned=bool(gen.requires.fit), fit_images=len(source) if args.fit else 0,
                     present=lambda: (_manifest_lines(root / MANIFEST) + _manifest_lines(root / JOURNAL),
-                                     _count_files(root / "train" / "good")))
+                                     _count_files(root / "train" / "good")), workers=_local_workers(executor))
     anomalies = _read_anomalies(args.anomalies, args.size) if args.fit and args.anomalies else None
     if args.fit:
         t0 = time.perf_counter()
@@ -396,10 +402,24 @@ def cmd_generate(args: argparse.Namespace) -> int:
             print(f"saved the fitted {args.name} to {saved} (reuse it with --load {saved})")
     summary = write_generated(gen, source, args.out, n=args.n, seed=args.seed, batch_size=args.batch_size,
                               n_train=args.n_train, progress=not args.quiet, conditions=conditions or None,
-                              data=args.data)
-    print(f"wrote {summary.written} new samples ({summary.skipped} already present) to {summary.root}")
+                              data=args.data, executor=executor)
+    print(summary.line())
     print(f"manifest: {summary.manifest}")
     return 0
+
+
+def _executor(args: argparse.Namespace, n: int) -> Any:
+    """Where ``generate`` makes its samples: --workers local processes, or Dask (--executor dask, --scheduler)."""
+    from anoplug.driver import make_executor, n_shards
+
+    return make_executor(args.executor, args.workers, args.scheduler, n_shards=n_shards(n, args.batch_size))
+
+
+def _local_workers(executor: Any) -> int:
+    """Processes of this machine that each hold a batch (a Dask LocalCluster's too)."""
+    from anoplug.driver import DaskExecutor
+
+    return 1 if isinstance(executor, DaskExecutor) and executor.scheduler else int(getattr(executor, "workers", 1))
 
 
 def _check_replay_resources(args: argparse.Namespace) -> None:
@@ -411,8 +431,10 @@ def _check_replay_resources(args: argparse.Namespace) -> None:
         size = int(str(first["dataset"]).rsplit("@", 1)[1])
     except (OSError, ValueError, KeyError, IndexError, TypeError):
         return  # replay_manifest reports what is wrong with the manifest
-    check_resources(n=max(1, _manifest_lines(path)), size=size, batch_size=args.batch_size, out=args.out,
-                    n_train=int(first.get("n_train") or 0), learned=bool(args.load))
+    n = max(1, _manifest_lines(path))
+    check_resources(n=n, size=size, batch_size=args.batch_size, out=args.out,
+                    n_train=int(first.get("n_train") or 0), learned=bool(args.load),
+                    workers=_local_workers(_executor(args, n)))
 
 
 def _replay(args: argparse.Namespace) -> int:
@@ -427,8 +449,8 @@ def _replay(args: argparse.Namespace) -> int:
         raise UserError(f"--replay takes everything from the manifest; drop {', '.join(given)}")
     _check_replay_resources(args)
     summary = replay_manifest(args.replay, args.out, load=args.load, batch_size=args.batch_size,
-                              progress=not args.quiet)
-    print(f"replayed {summary.written} samples ({summary.skipped} already present) to {summary.root}")
+                              progress=not args.quiet, executor=_executor(args, max(1, _manifest_lines(Path(args.replay)))))
+    print(summary.line(verb="replayed", what="samples"))
     print(f"manifest: {summary.manifest}")
     return 0
 
@@ -453,23 +475,29 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from anoplug import viz
     from anoplug.data import open_dataset
     from anoplug.data.writer import write_generated
+    from anoplug.driver import CachedSource, generate_batch, make_executor, n_shards
 
     reg = _registry()
     out = Path(args.out)
     names = demo_generators(reg)
     if not names:
         raise UserError("no generators installed: install a plugin (e.g. pip install -e plugins/anoplug-draem)")
+    if args.n < 1:
+        raise UserError(f"-n must be at least 1, got {args.n}")
     source = open_dataset(f"toy:{args.category}", split="train", size=args.size)
+    shown = CachedSource(source)  # the contact sheet's normals, rendered once for every method
+    executor = make_executor("local", None, None, n_shards=n_shards(args.n, 16))
     results, failures = {}, {}
     for name in names:
         t0 = time.perf_counter()
         try:
             fields = reg.generator_class(name).Params.model_fields
             gen = reg.get_generator(name, **({"probability": 1.0} if "probability" in fields else {}))
-            summary = write_generated(gen, source, out / name, n=args.n, seed=args.seed, batch_size=args.n,
-                                      n_train=min(args.n, 8), progress=False)
-            normals = source.batch([i % len(source) for i in range(4)])
-            results[name] = (normals, gen.generate(normals, seed=args.seed))
+            summary = write_generated(gen, source, out / name, n=args.n, seed=args.seed, n_train=min(args.n, 8),
+                                      progress=False, executor=executor)
+            normals = shown.batch([i % len(source) for i in range(4)])
+            # samples 0..3 of the run just written: the sheet shows the dataset's own bytes
+            results[name] = (normals, generate_batch(gen, shown, range(4), seed=args.seed))
             print(f"{name:>16}: {summary.written + summary.skipped} samples in {summary.root} "
                   f"({time.perf_counter() - t0:.1f} s)")
         except Exception as e:  # show every method that works; report the rest
@@ -536,6 +564,12 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argpars
     sp.add_argument("--boxes", metavar="FILE", help="JSON list with one list of [label, x1, y1, x2, y2] per sample (cycled)")
     sp.add_argument("--prompt", metavar="TEXT", help="text prompt for every sample")
     sp.add_argument("--replay", metavar="MANIFEST", help="regenerate the dataset of this manifest from its recorded draws")
+    sp.add_argument("--workers", type=int, default=None, metavar="N",
+                    help="worker processes, each with its own model copy and one torch thread (default: this "
+                         "machine's cores; 1 runs in this process). With --executor dask: the LocalCluster's size")
+    sp.add_argument("--executor", choices=("local", "dask"), default=None,
+                    help="local processes (default) or Dask: a LocalCluster, or the cluster at --scheduler")
+    sp.add_argument("--scheduler", metavar="ADDRESS", help="Dask scheduler, e.g. tcp://HOST:8786 (implies --executor dask)")
     sp.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     handlers["generate"] = cmd_generate
 

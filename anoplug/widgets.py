@@ -35,6 +35,7 @@ import torch
 
 from anoplug.data.base import Dataset
 from anoplug.data.inputs import InMemoryDataset, sample_inputs
+from anoplug.driver import CachedSource, FixedConditions, generate_batch
 from anoplug.ops import as_batch
 from anoplug.params import ParamError, Params, coerce_value, describe_field
 from anoplug.types import Batch
@@ -219,6 +220,11 @@ def explorer_source(images: Any, n: int = 4, size: int = 128) -> tuple[Dataset, 
     return InMemoryDataset(b), len(b)
 
 
+def _cached(source: Dataset) -> Dataset:
+    """A dataset that renders (or decodes) each image once for every update of the explorer."""
+    return source if isinstance(source, (InMemoryDataset, CachedSource)) else CachedSource(source)
+
+
 def _png(array: np.ndarray) -> bytes:
     """PNG bytes of an HWC uint8 array."""
     from PIL import Image
@@ -267,7 +273,8 @@ class Explorer(W.VBox):
         if unknown:
             raise ParamError(f"unknown parameter {unknown[0]!r} for {cls.name}; known: {', '.join(self.params_cls.model_fields)}")
         self.conditions = dict(conditions or {})
-        self.source, count = explorer_source(images, n=n, size=size)
+        source, count = explorer_source(images, n=n, size=size)
+        self.source = _cached(source)
         self.indices = list(range(count))
         self.images = self.source.batch(self.indices)
         self.manual = _is_slow(cls, spec) if manual is None else bool(manual)
@@ -332,16 +339,21 @@ class Explorer(W.VBox):
 
     # -- generation -----------------------------------------------------------------
     def generate(self, values: dict[str, Any], seed: int) -> Batch:
-        """Generate for the explorer's images (override for custom visualisations)."""
+        """Generate for the explorer's images (override for custom visualisations).
+
+        Sample *i* comes from :func:`anoplug.driver.generate_batch`: the bytes ``anoplug
+        generate`` writes for sample *i* of a run with this seed (paired source included).
+        """
         gen = self.make_generator(values)
         if getattr(gen, "level", "image") == "feature":
             return _feature_preview(gen, self.images, seed)
-        return gen.generate(self.inputs(gen), seed=seed)
+        return generate_batch(gen, self.source, self.indices, seed=seed,
+                              conditions=FixedConditions(self.conditions, self.indices) if self.conditions else None)
 
     def inputs(self, gen: Any) -> Batch:
         """What ``gen`` gets: sample *i* is built as the writer builds it (paired source included)."""
-        batch = sample_inputs(gen, self.source, self.indices)
-        return batch.with_conditions(**self.conditions) if self.conditions else batch
+        conditions = FixedConditions(self.conditions, self.indices) if self.conditions else None
+        return sample_inputs(gen, self.source, self.indices, conditions)
 
     def update(self) -> Batch:
         """Regenerate (or fetch from the cache) with the current values and redraw; raises on error."""
@@ -460,7 +472,8 @@ class Comparison(W.VBox):
 
         if not methods:
             raise ValueError("compare: give at least one method")
-        self.source, count = explorer_source(images, n=n, size=size)
+        source, count = explorer_source(images, n=n, size=size)
+        self.source = _cached(source)
         self.indices = list(range(count))
         self.images = self.source.batch(self.indices)
         reg = get_registry()
@@ -491,8 +504,7 @@ class Comparison(W.VBox):
 
         t0 = time.perf_counter()
         seed = int(self.seed.value)
-        results = {k: g.generate(sample_inputs(g, self.source, self.indices), seed=seed)
-                   for k, g in self.generators.items()}
+        results = {k: generate_batch(g, self.source, self.indices, seed=seed) for k, g in self.generators.items()}
         cols = [c for i in range(len(self.images)) for c in (f"generated {i}", f"overlay {i}")]
         rows = [[t for tri in viz.triplets(self.images, out, with_overlay=True) for t in (tri[1], tri[3])]
                 for out in results.values()]

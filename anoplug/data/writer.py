@@ -9,7 +9,10 @@ Layout under ``<out>/<category>/``::
     draws/NNNNNN.safetensors               a sample's big draws (tensors over 64 values), if any
 
 Sample *i* uses source image ``i % len(source)`` and seed ``sample_seed(seed, i)`` alone,
-so the output does not depend on the batch size or on how often the run was interrupted.
+so the output does not depend on the batch size, on how often the run was interrupted, or on
+where it ran: samples are made by :mod:`anoplug.driver` (in this process, ``--workers N``
+local processes or a Dask cluster, the same bytes), which streams them back in index order;
+this module alone writes them, under the lock.
 Each record holds the sample's draws losslessly (``sample``, big tensors in its side file),
 so :func:`replay_manifest` regenerates the tree byte for byte from the manifest alone.
 
@@ -36,36 +39,37 @@ Safety rules, each one tested:
   (zero-byte) file counts as missing. When the run completes, numbered files under
   ``test/``, ``ground_truth/`` and ``draws/`` that no record describes (left by an
   interrupted run of the same identity) are removed, so the tree is what the manifest says.
-- **Bounded.** Sample indices are streamed batch by batch; apart from the records already
-  written, memory is O(batch). :func:`estimate_output_bytes` sizes a run for a disk check.
+- **Bounded.** Sample indices are streamed batch by batch and the manifest is streamed too:
+  it is never held in memory. A run keeps ~10 bytes per finished sample (where its record
+  lies in the manifest or the journal, and its label); at completion the manifest is written
+  by reading those records back in index order. Memory is O(batch + window of shards in
+  flight), flat in ``n``. :func:`estimate_output_bytes` sizes a run for a disk check.
 """
 
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import re
 import shutil
 import stat
-from collections import Counter
-from collections.abc import Iterable, Iterator
+import time
+from array import array
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from PIL import Image
 
 from anoplug.data.base import DataError, Dataset
 from anoplug.data.files import DISK_ERRNOS, TMP, atomic_write, disk_error, dumps_line, make_dir, temporary_for
-from anoplug.data.inputs import ConditionSource, sample_inputs, source_indices
+from anoplug.data.inputs import ConditionSource
 from anoplug.data.outlock import LOCK, OutputLock
+from anoplug.driver import Executor, InProcess, Plan, dataset_id, png_bytes, safe_label, shards
 from anoplug.generator import Samples
-from anoplug.seeding import sample_seed
-from anoplug.serial import pack
-from anoplug.types import GOOD, Batch, to_uint8
+from anoplug.types import GOOD, to_uint8
 
 __all__ = ["WriteSummary", "write_generated", "replay_manifest", "estimate_output_bytes", "MANIFEST", "JOURNAL",
            "LOCK", "PNG_RATIO"]
@@ -73,7 +77,6 @@ __all__ = ["WriteSummary", "write_generated", "replay_manifest", "estimate_outpu
 MANIFEST = "manifest.jsonl"
 JOURNAL = ".manifest.journal.jsonl"  # finished samples of an unfinished run, appended as they complete
 _IDENTITY = ("method", "method_version", "params", "seed", "dataset", "conditions")
-_SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 _NUMBERED = re.compile(r"\d{6,}(?:_mask)?\.(?:png|safetensors)")  # the names the writer gives sample files
 #: errors of the disk under --out, reported as DataError (the CLI exits 2 with one line)
 #: PNG bytes / raw RGB bytes, an upper bound with headroom: measured on the toy data at compress level 3,
@@ -90,41 +93,156 @@ class WriteSummary:
     skipped: int
     manifest: Path
     labels: dict[str, int] = field(default_factory=dict)  # samples per label in the whole manifest
+    seconds: float = 0.0  # wall time of the call
+    executor: str = "in this process"
+
+    @property
+    def rate(self) -> float:
+        """New samples written per second of the call."""
+        return self.written / self.seconds if self.seconds > 0 else 0.0
+
+    def line(self, verb: str = "wrote", what: str = "new samples") -> str:
+        """The summary line of ``anoplug generate``: written, skipped, seconds, images/s."""
+        return (f"{verb} {self.written} {what} ({self.skipped} already present) to {self.root} "
+                f"in {self.seconds:.1f} s ({self.rate:.1f} images/s, {self.executor})")
 
 
-def _safe_label(label: str) -> str:
-    """Labels become directory names: keep letters, digits, ``_ . -`` and nothing that escapes."""
-    s = _SAFE.sub("_", str(label)).strip("._") or "anomaly"
-    return s
+_safe_label = safe_label  # the driver's: labels become directory names
+_png_bytes = png_bytes
+_dataset_id = dataset_id
 
 
-def _png_bytes(arr: np.ndarray) -> bytes:
-    """Lossless PNG; zlib level 3 encodes ~2.5x faster than PIL's default 6 for ~15 % more bytes."""
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG", compress_level=3)
-    return buf.getvalue()
+def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """(byte offset, raw line) of every line of ``path``, streamed."""
+    with open(path, "rb") as f:
+        offset = 0
+        for raw in f:
+            yield offset, raw
+            offset += len(raw)
 
 
-def _read_jsonl(path: Path, *, tolerate_torn_tail: bool) -> list[dict]:
-    """Records of a JSON-lines file; a journal's torn last line (a killed write) is dropped."""
-    if not path.is_file():
-        return []
-    lines = path.read_text(encoding="utf-8").splitlines()
-    out = []
-    for k, line in enumerate(lines):
-        if not line.strip():
+def _records_at(path: Path) -> Iterator[tuple[int, dict]]:
+    """(byte offset, record) of a finished manifest, streamed; a line that is not a JSON object is a DataError."""
+    for k, (offset, raw) in enumerate(_lines(path)):
+        if not raw.strip():
             continue
         try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError as e:
-            if tolerate_torn_tail and k == len(lines) - 1:
-                break
+            rec = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise DataError(f"{path} line {k + 1} is not valid JSON ({e}); remove the file or choose another --out") from e
-    return out
+        if not isinstance(rec, dict):
+            raise DataError(f"{path} line {k + 1} is not a record (a JSON object); remove the file or choose another --out")
+        yield offset, rec
 
 
-def _read_journal(path: Path) -> tuple[list[dict], bool]:
-    """The journal's readable records (header first, if any) and whether the file is clean.
+def _read_records(path: Path) -> Iterator[dict]:
+    return (rec for _, rec in _records_at(path))
+
+
+def _differs(rec: dict, identity: dict) -> list[str]:
+    return [k for k in _IDENTITY if rec.get(k) != identity[k]]
+
+
+def _refuse_other_run(root: Path, rec: dict, identity: dict, diff: list[str], samples: bool) -> DataError:
+    what = "samples of a different run" if samples else "the start of a different run (its copied normals, no samples yet)"
+    return DataError(
+        f"{root} already holds {what} ({', '.join(diff)} differ: "
+        f"{ {k: rec.get(k) for k in diff} } there vs { {k: identity[k] for k in diff} } now); "
+        "refusing to mix them — choose another output directory")
+
+
+class _Done:
+    """The finished samples of a run, ~10 bytes each: where its record lies (file, byte offset) and its label.
+
+    What the writer keeps instead of the records themselves, so memory stays flat in ``n``:
+    the manifest is written at the end by reading each record back from the old manifest
+    (``MANIFEST_FILE``) or the journal (``JOURNAL_FILE``), in index order.
+    """
+
+    MANIFEST_FILE, JOURNAL_FILE = 0, 1
+    _DRAWS = 0x8000
+
+    def __init__(self) -> None:
+        self._where = array("q")  # index -> offset * 2 + file; -1: not finished
+        self._label = array("H")  # index -> label code, | _DRAWS when the sample has a draws side file
+        self.labels: list[str] = []
+        self._codes: dict[str, int] = {}
+        self.count = 0
+
+    def add(self, i: int, file: int, offset: int, label: str, draws: bool) -> None:
+        if i >= len(self._where):  # grow geometrically: amortised O(1), nothing for indices never finished
+            extra = max(i + 1 - len(self._where), len(self._where) // 2, 1024)
+            self._where.extend(array("q", [-1]) * extra)
+            self._label.extend(array("H", [0]) * extra)
+        if self._where[i] < 0:
+            self.count += 1
+        code = self._codes.get(label)
+        if code is None:
+            if len(self.labels) >= self._DRAWS:
+                raise DataError(f"more than {self._DRAWS} distinct labels in one run")
+            code = self._codes[label] = len(self.labels)
+            self.labels.append(label)
+        self._where[i] = offset * 2 + file
+        self._label[i] = code | (self._DRAWS if draws else 0)
+
+    def __contains__(self, i: int) -> bool:
+        return 0 <= i < len(self._where) and self._where[i] >= 0
+
+    def where(self, i: int) -> tuple[int, int]:
+        w = self._where[i]
+        return w & 1, w >> 1
+
+    def label(self, i: int) -> str:
+        return self.labels[self._label[i] & ~self._DRAWS]
+
+    def has_draws(self, i: int) -> bool:
+        return bool(self._label[i] & self._DRAWS)
+
+    def indices(self) -> Iterator[int]:
+        for i, w in enumerate(self._where):
+            if w >= 0:
+                yield i
+
+    def below(self, n: int) -> int:
+        return sum(1 for w in self._where[:n] if w >= 0)
+
+    def label_counts(self) -> dict[str, int]:
+        counts = [0] * len(self.labels)
+        for i in self.indices():
+            counts[self._label[i] & ~self._DRAWS] += 1
+        return dict(sorted((lab, c) for lab, c in zip(self.labels, counts) if c))
+
+
+def _note(root: Path, rec: dict, done: _Done, file: int, offset: int) -> None:
+    if "index" in rec and _complete(root, rec):
+        done.add(int(rec["index"]), file, offset, str(rec["label"]), bool(rec.get("draws")))
+
+
+def _scan_manifest(path: Path, root: Path, identity: dict, done: _Done) -> int:
+    """Check a finished manifest's records (one run, this one), note the complete ones; returns how many records."""
+    if not path.is_file():
+        return 0
+    count = 0
+    for offset, rec in _records_at(path):
+        diff = _differs(rec, identity)
+        if diff:
+            raise _refuse_other_run(root, rec, identity, diff, samples=True)
+        count += 1
+        _note(root, rec, done, _Done.MANIFEST_FILE, offset)
+    return count
+
+
+def _journal_has_samples(path: Path) -> bool:
+    for _, raw in _lines(path):
+        with contextlib.suppress(json.JSONDecodeError, UnicodeDecodeError):
+            rec = json.loads(raw)
+            if isinstance(rec, dict) and "index" in rec:
+                return True
+    return False
+
+
+def _scan_journal(path: Path, root: Path, identity: dict, done: _Done, *, samples: bool) -> bool:
+    """Check the journal's readable records, note the complete ones; returns whether the file is clean.
 
     The journal only says which samples are done, and each sample's bytes depend on its index
     alone, so a line that cannot be read (torn by a kill, or glued to the next by an older
@@ -133,43 +251,39 @@ def _read_journal(path: Path) -> tuple[list[dict], bool]:
     anything is appended to it.
     """
     if not path.is_file():
-        return [], False
-    out: list[dict] = []
-    clean = True
-    with open(path, "rb") as f:
-        for raw in f:
-            if not raw.endswith(b"\n"):
-                clean = False  # a torn last line: appending to it would glue two records
-            try:
-                rec = json.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                clean = clean and not raw.strip()
-                continue
-            if not isinstance(rec, dict):
-                clean = False
-                continue
-            out.append(rec)
-    if not out or "index" in out[0]:
-        clean = False  # no header (empty, or written by an older anoplug)
-    return out, clean
+        return False
+    clean, first = True, None
+    for offset, raw in _lines(path):
+        if not raw.endswith(b"\n"):
+            clean = False  # a torn last line: appending to it would glue two records
+        try:
+            rec = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            clean = clean and not raw.strip()
+            continue
+        if not isinstance(rec, dict):
+            clean = False
+            continue
+        if first is None:
+            first = rec
+        diff = _differs(rec, identity)
+        if diff:
+            has = samples or "index" in rec or _journal_has_samples(path)
+            raise _refuse_other_run(root, rec, identity, diff, samples=has)
+        _note(root, rec, done, _Done.JOURNAL_FILE, offset)
+    return clean and first is not None and "index" not in first  # no header: empty, or an older anoplug's
 
 
-def _dataset_id(source: Dataset) -> str:
-    return f"{source.scheme or type(source).__name__}:{source.category}@{source.size}"
+def _read_line(f: Any, offset: int) -> bytes:
+    """The line at ``offset`` of an open binary file (no seek when reading on in order), newline-ended."""
+    if f.tell() != offset:
+        f.seek(offset)
+    line = f.readline()
+    return line if line.endswith(b"\n") else line + b"\n"
 
 
-def _check_same_run(root: Path, records: Iterable[dict], identity: dict) -> None:
-    records = list(records)
-    for rec in records:
-        theirs = {k: rec.get(k) for k in _IDENTITY}
-        if theirs != identity:
-            diff = [k for k in _IDENTITY if theirs[k] != identity[k]]
-            what = ("samples of a different run" if any("index" in r for r in records)
-                    else "the start of a different run (its copied normals, no samples yet)")
-            raise DataError(
-                f"{root} already holds {what} ({', '.join(diff)} differ: "
-                f"{ {k: theirs[k] for k in diff} } there vs { {k: identity[k] for k in diff} } now); "
-                "refusing to mix them — choose another output directory")
+def _open_or_none(path: Path) -> Any:
+    return open(path, "rb") if path.is_file() else contextlib.nullcontext(None)
 
 
 def _file_ok(path: Path) -> bool:
@@ -182,7 +296,16 @@ def _file_ok(path: Path) -> bool:
 
 
 def _complete(root: Path, rec: dict) -> bool:
-    return all(_file_ok(root / rec[k]) for k in ("image", "mask", "draws") if rec.get(k))
+    """A record of this writer (its files named from index and label) whose files are all there and not empty."""
+    try:
+        i, label = int(rec["index"]), str(rec["label"])
+        mask, draws = rec.get("mask"), rec.get("draws")
+        named = (rec["image"] == f"test/{label}/{i:06d}.png"
+                 and mask == (None if label == GOOD else f"ground_truth/{label}/{i:06d}_mask.png")
+                 and draws in (None, f"draws/{i:06d}.safetensors"))
+    except (KeyError, TypeError, ValueError):
+        return False
+    return named and all(_file_ok(root / rec[k]) for k in ("image", "mask", "draws") if rec.get(k))
 
 
 # -- the output lock -------------------------------------------------------------------------------------------
@@ -252,12 +375,6 @@ def _copy_train(source: Dataset, root: Path, todo: list[int], batch_size: int) -
             atomic_write(root / "train" / GOOD / f"{idx[k]:06d}.png", _png_bytes(arr))
 
 
-def _draws_bytes(store: dict) -> bytes:
-    from safetensors.torch import save
-
-    return save({k: v.contiguous() for k, v in sorted(store.items())})
-
-
 def _read_draws(root: Path, rec: dict) -> dict:
     """The side file of a record's big draws (``draws/NNNNNN.safetensors``), or nothing."""
     if not rec.get("draws"):
@@ -273,42 +390,56 @@ def _read_draws(root: Path, rec: dict) -> dict:
         raise DataError(f"cannot read {path}: {e}") from e
 
 
-def _caption(out: Batch, src: Batch, k: int, label: str, method: str) -> str:
-    """The generator's caption if it wrote one; the source's for a normal; else a plain one."""
-    if out.text is not None and (src.text is None or out.text[k] != src.text[k] or label == GOOD):
-        return out.text[k]
-    if label == GOOD and src.text is not None:
-        return src.text[k]
-    kind = "" if label == _safe_label(method) else f"{label.replace('_', ' ')} "
-    return f"a synthetic {kind}anomaly made by {method}"
+def _files(top: Path) -> Iterator[os.DirEntry]:
+    """Every file under ``top`` (not following links), each directory streamed: never a list of a folder's entries."""
+    stack = [top]
+    while stack:
+        try:
+            it = os.scandir(stack.pop())
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        with it:
+            for e in it:
+                if e.is_dir(follow_symlinks=False):
+                    stack.append(Path(e.path))
+                elif e.is_file(follow_symlinks=False):
+                    yield e
 
 
 def _clean_temporaries(root: Path) -> None:
-    if root.is_dir():
-        for p in root.rglob(f"*{TMP}"):
-            p.unlink(missing_ok=True)
+    for e in _files(root):
+        if e.name.endswith(TMP):
+            Path(e.path).unlink(missing_ok=True)
 
 
-def _pending(n: int, done: dict[int, dict], batch_size: int) -> Iterator[list[int]]:
-    """The indices ``0..n-1`` not yet done, ``batch_size`` at a time, never all of them at once."""
-    chunk: list[int] = []
-    for i in range(n):
-        if i in done:
-            continue
-        chunk.append(i)
-        if len(chunk) == batch_size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
+def _pending(n: int, done: _Done) -> Iterator[int]:
+    """The indices ``0..n-1`` not yet done, one at a time, never all of them at once."""
+    return (i for i in range(n) if i not in done)
 
 
-def _start_journal(path: Path, header: dict, kept: list[dict], clean: bool) -> None:
-    """Make the journal a clean file to append to: the run's header line, then the records kept."""
+def _start_journal(path: Path, header: dict, done: _Done, clean: bool) -> None:
+    """Make the journal a clean file to append to: the run's header line, then the records kept (by index).
+
+    Streamed from the old journal to a temporary renamed into place; the kept records'
+    offsets move to the new file.
+    """
     if clean:
         return
-    text = "".join(dumps_line(r) + "\n" for r in [header, *kept])
-    atomic_write(path, text.encode("utf-8"))
+    make_dir(path.parent)
+    with temporary_for(path) as tmp:
+        with open(tmp, "wb") as out, _open_or_none(path) as old:
+            head = (dumps_line(header) + "\n").encode("utf-8")
+            out.write(head)
+            pos = len(head)
+            for i in done.indices():
+                file, offset = done.where(i)
+                if file != _Done.JOURNAL_FILE:
+                    continue
+                line = _read_line(old, offset)
+                out.write(line)
+                done.add(i, _Done.JOURNAL_FILE, pos, done.label(i), done.has_draws(i))
+                pos += len(line)
+        os.replace(tmp, path)
 
 
 def _append(fd: int, path: Path, data: bytes) -> None:
@@ -323,12 +454,17 @@ def _append(fd: int, path: Path, data: bytes) -> None:
         raise
 
 
-def _write_manifest(path: Path, records: dict[int, dict]) -> None:
-    """Write the manifest line by line to a temporary, keep the old file when it has the same bytes."""
+def _write_manifest(path: Path, journal: Path, done: _Done) -> None:
+    """Write the manifest, sorted by index, by reading each record back from the old manifest or the journal
+    (streamed to a temporary: never all records in memory); keep the old file when it has the same bytes."""
     with temporary_for(path) as tmp:
-        with open(tmp, "wb") as f:
-            for i in sorted(records):
-                f.write((dumps_line(records[i]) + "\n").encode("utf-8"))
+        with open(tmp, "wb") as out, _open_or_none(path) as old, _open_or_none(journal) as jr:
+            for i in done.indices():
+                file, offset = done.where(i)
+                if file == _Done.JOURNAL_FILE:
+                    out.write(_read_line(jr, offset))  # written by dumps_line
+                else:  # normalised, as the journal's are
+                    out.write((dumps_line(json.loads(_read_line(old, offset))) + "\n").encode("utf-8"))
         if path.is_file() and _same_bytes(tmp, path):
             tmp.unlink()
         else:
@@ -347,15 +483,28 @@ def _same_bytes(a: Path, b: Path) -> bool:
                 return True
 
 
-def _sweep_strays(root: Path, records: dict[int, dict]) -> None:
+def _described(top: str, p: Path, done: _Done) -> bool:
+    """Whether the numbered file ``p`` under ``top`` is one that a finished record names."""
+    name = p.name
+    digits = len(name) - len(name.lstrip("0123456789"))
+    i = int(name[:digits])
+    if i not in done:
+        return False
+    label = done.label(i)
+    if top == "test":
+        return p.parent.name == label and name == f"{i:06d}.png"
+    if top == "ground_truth":
+        return label != GOOD and p.parent.name == label and name == f"{i:06d}_mask.png"
+    return done.has_draws(i) and name == f"{i:06d}.safetensors"
+
+
+def _sweep_strays(root: Path, done: _Done) -> None:
     """Remove numbered sample files no record describes (left by an interrupted run of this identity)."""
-    keep = {rec[k] for rec in records.values() for k in ("image", "mask", "draws") if rec.get(k)}
-    for top, pattern in (("test", "*/*"), ("ground_truth", "*/*"), ("draws", "*")):
-        d = root / top
-        if not d.is_dir():
-            continue
-        for p in d.glob(pattern):
-            if _NUMBERED.fullmatch(p.name) and p.relative_to(root).as_posix() not in keep and p.is_file():
+    for top, depth in (("test", 2), ("ground_truth", 2), ("draws", 1)):
+        for e in _files(root / top):
+            p = Path(e.path)
+            if len(p.relative_to(root / top).parts) == depth and _NUMBERED.fullmatch(e.name) \
+                    and not _described(top, p, done):
                 p.unlink(missing_ok=True)
 
 
@@ -382,17 +531,21 @@ def estimate_output_bytes(n: int, size: int, *, n_train: int = 0, ratio: float =
 
 def write_generated(generator: Any, source: Dataset, out: str | Path, *, n: int, seed: int = 0, batch_size: int = 16,
                     n_train: int | None = None, progress: bool = True, conditions: ConditionSource | None = None,
-                    data: str | None = None, replay: dict[int, dict] | None = None,
-                    replay_root: Path | None = None) -> WriteSummary:
+                    data: str | None = None, replay: Any = None, replay_root: Path | None = None,
+                    executor: Executor | None = None, device: str | None = None) -> WriteSummary:
     """Generate ``n`` samples from the normals of ``source`` and write them under ``out/<category>``.
 
     Re-running the same call resumes (finished samples are skipped; an immediate re-run
     writes nothing). ``conditions`` gives per-sample target masks, boxes or a prompt;
     ``data`` is the ``--data`` spec recorded for ``--replay``; ``replay`` (index -> the
-    manifest record of an earlier run under ``replay_root``) regenerates from recorded draws.
+    manifest record of an earlier run under ``replay_root``, read in index order) regenerates
+    from recorded draws. ``executor`` (:mod:`anoplug.driver`: in this process by default,
+    :class:`~anoplug.driver.LocalProcesses`, :class:`~anoplug.driver.DaskExecutor`) decides
+    where samples are made — never their bytes; ``device`` where the generator runs.
     Raises :class:`DataError` — before writing anything — when another run holds the
     directory, when the directory holds another run, or when it lies in the source's folder.
     """
+    t0 = time.perf_counter()
     if n < 1:
         raise DataError(f"n must be at least 1, got {n}")
     if batch_size < 1:
@@ -414,125 +567,133 @@ def write_generated(generator: Any, source: Dataset, out: str | Path, *, n: int,
                 "conditions": conditions.identity() if conditions else None}
     identity = json.loads(json.dumps(identity))  # normalise (tuples -> lists) to compare with what was read back
     _refuse_output_in_inputs(root, source, conditions)
-    fresh, made_out = not root.exists(), not Path(out).exists()
-    make_dir(root)
-    emptied = False
-    try:
-        with OutputLock(root, identity, data=data):  # a refused run raises here and touches nothing
-            try:
-                return _write_locked(generator, source, root, identity, n=n, seed=seed, batch_size=batch_size,
-                                     n_train=n_train, progress=progress, conditions=conditions, data=data,
-                                     replay=replay, replay_root=replay_root)
-            except BaseException:
-                if fresh and not any((root / "test").rglob("*.png")):  # failed before its first sample
-                    for entry in root.iterdir():  # everything but the lock we hold: leave no trace
-                        if entry.name == LOCK:
-                            continue
-                        if entry.is_dir() and not entry.is_symlink():
-                            shutil.rmtree(entry, ignore_errors=True)
-                        else:
-                            entry.unlink(missing_ok=True)
-                    emptied = True
-                raise
-    finally:
-        if emptied:  # the lock is released now; the folders go unless another run has started in them
-            with contextlib.suppress(OSError):
-                root.rmdir()
-                if made_out:
-                    Path(out).rmdir()
+    executor = executor or InProcess()
+    plan = Plan(generator, source, seed=seed, conditions=conditions or None, device=device, encode=True)
+    # local worker processes fork here, before the lock is taken: no worker ever holds the output's lock
+    with executor.session(plan) as session:
+        fresh, made_out = not root.exists(), not Path(out).exists()
+        make_dir(root)
+        emptied = False
+        try:
+            with OutputLock(root, identity, data=data):  # a refused run raises here and touches nothing
+                try:
+                    summary = _write_locked(session, source, root, identity, n=n, batch_size=batch_size,
+                                            n_train=n_train, progress=progress, data=data, replay=replay,
+                                            replay_root=replay_root, name=generator.name)
+                    summary.seconds, summary.executor = time.perf_counter() - t0, executor.describe()
+                    return summary
+                except BaseException:
+                    if fresh and not any((root / "test").rglob("*.png")):  # failed before its first sample
+                        for entry in root.iterdir():  # everything but the lock we hold: leave no trace
+                            if entry.name == LOCK:
+                                continue
+                            if entry.is_dir() and not entry.is_symlink():
+                                shutil.rmtree(entry, ignore_errors=True)
+                            else:
+                                entry.unlink(missing_ok=True)
+                        emptied = True
+                    raise
+        finally:
+            if emptied:  # the lock is released now; the folders go unless another run has started in them
+                with contextlib.suppress(OSError):
+                    root.rmdir()
+                    if made_out:
+                        Path(out).rmdir()
 
 
-def _write_locked(generator: Any, source: Dataset, root: Path, identity: dict, *, n: int, seed: int, batch_size: int,
-                  n_train: int, progress: bool, conditions: ConditionSource | None, data: str | None,
-                  replay: dict[int, dict] | None, replay_root: Path | None) -> WriteSummary:
+def _write_locked(session: Any, source: Dataset, root: Path, identity: dict, *, n: int, batch_size: int, n_train: int,
+                  progress: bool, data: str | None, replay: Any, replay_root: Path | None, name: str) -> WriteSummary:
     """The body of :func:`write_generated`, run while holding the directory's lock."""
     manifest_path, journal_path = root / MANIFEST, root / JOURNAL
-    finished = _read_jsonl(manifest_path, tolerate_torn_tail=False)
-    journalled, journal_clean = _read_journal(journal_path)
-    _check_same_run(root, finished + journalled, identity)
+    done = _Done()
+    finished = _scan_manifest(manifest_path, root, identity, done)  # refuses another run's records
+    journal_clean = _scan_journal(journal_path, root, identity, done, samples=finished > 0)
     _clean_temporaries(root)
-    records: dict[int, dict] = {}
-    for rec in finished:
-        if _complete(root, rec):
-            records[int(rec["index"])] = rec
-    kept = []
-    for rec in journalled:
-        if "index" in rec and _complete(root, rec):
-            records[int(rec["index"])] = rec
-            kept.append(rec)
-    del finished, journalled
     # the journal names the run from its first line on, so even a run that fails before its first sample
     # (its train copies written, say) keeps another run out of the directory
     train_todo = _train_todo(source, root, n_train)  # refuses copies of another size before writing anything
-    _start_journal(journal_path, dict(identity, journal=1, data=data), kept, journal_clean)
-    del kept
-    _copy_train(source, root, train_todo, batch_size)
+    _start_journal(journal_path, dict(identity, journal=1, data=data), done, journal_clean)
 
-    skipped = sum(1 for i in records if i < n)
+    def copy_train() -> None:  # before the first sample is written; worker processes generate meanwhile
+        _copy_train(source, root, train_todo, batch_size)
+
+    skipped = done.below(n)
     written = 0
     try:
         journal = os.open(journal_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        end = os.fstat(journal).st_size  # where the next journal line starts (we are its only writer)
     except OSError as e:
         if e.errno in DISK_ERRNOS:
             raise disk_error(e, journal_path) from e
         raise
+
+    def drawn(idx: list[int]) -> list:
+        recs = [replay[i] for i in idx]
+        return [Samples.unpack([r["sample"]], _read_draws(replay_root, r))[0] for r in recs]
+
     bar = None
     try:
         if progress and skipped < n:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=n, initial=skipped, desc=f"{generator.name} -> {root}", unit="img")
-        for idx in _pending(n, records, batch_size):
-            src_idx = source_indices(idx, len(source))
-            src = sample_inputs(generator, source, idx, conditions)
-            seeds = [sample_seed(seed, i) for i in idx]
-            drawn = None
-            if replay is not None:
-                drawn = [Samples.unpack([replay[i]["sample"]], _read_draws(replay_root, replay[i]))[0] for i in idx]
-            gen_out = generator.generate(src, seeds=seeds, samples=drawn)
-            if len(gen_out) != len(idx):
-                raise RuntimeError(f"{generator.name} returned {len(gen_out)} images for {len(idx)} inputs")
-            images, masks = to_uint8(gen_out.image), to_uint8(gen_out.mask)[..., 0]
+            workers = getattr(session, "workers", 1)
+            bar = tqdm(total=n, initial=skipped, desc=f"{name} -> {root}" + (f" ({workers} workers)" if workers > 1 else ""),
+                       unit="img", smoothing=0.05, dynamic_ncols=True)
+        todo = shards(_pending(n, done), batch_size, drawn if replay is not None else None)
+        for res in session.map(todo, meanwhile=copy_train):
             lines = []
-            for k, i in enumerate(idx):
-                label = _safe_label(gen_out.label[k])
-                store: dict = {}
-                packed = pack(gen_out.meta[k].get("sample"), store, prefix="sample")
-                rec = dict(identity, index=i, label=label, image=f"test/{label}/{i:06d}.png", mask=None,
-                           sample_seed=seeds[k], source_index=src_idx[k], data=data, n_train=n_train,
-                           source=str(src.meta[k].get("source", f"{_dataset_id(source)}/{src_idx[k]}")),
-                           caption=_caption(gen_out, src, k, label, generator.name), sample=packed,
-                           draws=f"draws/{i:06d}.safetensors" if store else None,
-                           sample_conditions=conditions.for_sample(i) if conditions else None)
-                if store:
-                    atomic_write(root / rec["draws"], _draws_bytes(store))
-                atomic_write(root / rec["image"], _png_bytes(images[k]))
-                if label != GOOD:
-                    rec["mask"] = f"ground_truth/{label}/{i:06d}_mask.png"
-                    atomic_write(root / rec["mask"], _png_bytes(np.where(masks[k] >= 128, 255, 0).astype(np.uint8)))
-                records[i] = rec
-                lines.append(dumps_line(rec) + "\n")
-            _append(journal, journal_path, "".join(lines).encode("utf-8"))  # a kill tears at most the last line
-            written += len(idx)
+            for enc in res.encoded:
+                rec = dict(identity, **enc.fields, data=data, n_train=n_train)
+                for rel, blob in enc.files:
+                    atomic_write(root / rel, blob)
+                lines.append((dumps_line(rec) + "\n").encode("utf-8"))
+            _append(journal, journal_path, b"".join(lines))  # a kill tears at most the last line
+            for enc, line in zip(res.encoded, lines):
+                done.add(enc.index, _Done.JOURNAL_FILE, end, enc.fields["label"], bool(enc.fields["draws"]))
+                end += len(line)
+            written += len(res.indices)
             if bar is not None:
-                bar.update(len(idx))
+                bar.update(len(res.indices))
     finally:
         os.close(journal)
         if bar is not None:
             bar.close()
 
-    _write_manifest(manifest_path, records)
-    _sweep_strays(root, records)
+    _write_manifest(manifest_path, journal_path, done)
+    _sweep_strays(root, done)
     journal_path.unlink(missing_ok=True)
-    labels = dict(sorted(Counter(r["label"] for r in records.values()).items()))
-    return WriteSummary(root=root, written=written, skipped=skipped, manifest=manifest_path, labels=labels)
+    return WriteSummary(root=root, written=written, skipped=skipped, manifest=manifest_path, labels=done.label_counts())
+
+
+class _ManifestRecords:
+    """The records of a finished manifest (line *k* is sample *k*), read forward as a run asks for them.
+
+    ``records[i]`` for increasing ``i`` streams the file once: O(1) memory at any length.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._it: Iterator[dict] | None = None
+        self._last: dict | None = None
+
+    def __getitem__(self, i: int) -> dict:
+        if self._last is not None and int(self._last["index"]) == i:
+            return self._last
+        if self._it is None or self._last is None or int(self._last["index"]) > i:
+            self._it = _read_records(self.path)
+        for rec in self._it:
+            self._last = rec
+            if int(rec["index"]) == i:
+                return rec
+        raise DataError(f"--replay {self.path}: no record of sample {i}")
 
 
 def replay_manifest(manifest: str | Path, out: str | Path, *, load: str | Path | None = None, batch_size: int = 16,
-                    progress: bool = True) -> WriteSummary:
+                    progress: bool = True, executor: Executor | None = None) -> WriteSummary:
     """Regenerate the dataset a manifest describes from its recorded draws, byte for byte, under ``out``.
 
     Procedural methods need nothing else; a learned method needs its fitted weights (``load``).
+    The manifest is streamed (checked once, then read forward as samples are made).
     """
     from anoplug.data import open_dataset
     from anoplug.registry import get_registry
@@ -540,18 +701,21 @@ def replay_manifest(manifest: str | Path, out: str | Path, *, load: str | Path |
     path = Path(manifest)
     if not path.is_file():
         raise DataError(f"--replay {path}: manifest not found")
-    records = _read_jsonl(path, tolerate_torn_tail=False)
-    if not records:
+    first, count = None, 0
+    for rec in _read_records(path):
+        if first is None:
+            first = rec
+            missing = [k for k in ("method", "params", "seed", "dataset", "data", "sample", "index") if k not in first]
+            if missing:
+                raise DataError(f"--replay {path}: records lack {', '.join(missing)} (written by an older anoplug?)")
+        if rec.get("index") != count:
+            raise DataError(f"--replay {path}: sample indices are not 0, 1, 2, ... in order (record {count} has index "
+                            f"{rec.get('index')!r}; an unfinished run?)")
+        count += 1
+    if first is None:
         raise DataError(f"--replay {path}: the manifest is empty")
-    first = records[0]
-    missing = [k for k in ("method", "params", "seed", "dataset", "data", "sample", "index") if k not in first]
-    if missing:
-        raise DataError(f"--replay {path}: records lack {', '.join(missing)} (written by an older anoplug?)")
     if not first["data"]:
         raise DataError(f"--replay {path}: the run did not record its --data source")
-    by_index = {int(r["index"]): r for r in records}
-    if sorted(by_index) != list(range(len(by_index))):
-        raise DataError(f"--replay {path}: sample indices are not 0..{len(by_index) - 1} (an unfinished run?)")
     cls = get_registry().generator_class(first["method"])
     if cls.requires.fit and not load:
         raise DataError(f"--replay {path}: {first['method']} is a learned method; pass --load DIR with its weights")
@@ -566,6 +730,6 @@ def replay_manifest(manifest: str | Path, out: str | Path, *, load: str | Path |
     cond = first.get("conditions") or {}
     conditions = ConditionSource(masks=(cond.get("masks") or {}).get("dir"), boxes=(cond.get("boxes") or {}).get("file"),
                                  prompt=cond.get("prompt")) if cond else None
-    return write_generated(gen, source, out, n=len(by_index), seed=int(first["seed"]), batch_size=batch_size,
+    return write_generated(gen, source, out, n=count, seed=int(first["seed"]), batch_size=batch_size,
                            n_train=first.get("n_train"), progress=progress, conditions=conditions, data=first["data"],
-                           replay=by_index, replay_root=path.parent)
+                           replay=_ManifestRecords(path), replay_root=path.parent, executor=executor)

@@ -6,11 +6,11 @@ For every category of ``--data`` the engine
    AnomalyDiffusion way: the first ⌊n/3⌋ of each defect type are *reference shots* (cluster
    centres for IC-LPIPS, the real side of KID), the rest plus every good image is the
    *held-out* test set of the downstream detector — no real defect is both reference and test;
-2. generates ``n_synthetic`` anomalies per generator and seed, each sample's input built by
-   :func:`anoplug.data.inputs.sample_inputs` exactly as the writer builds it (sample *i*:
-   normal ``i % N``, paired source ``(i % N + 1) % N`` for generators that borrow one, seed
-   ``sample_seed(seed, i)``), cached under ``OUT/cache`` by a hash of everything that
-   determines them;
+2. generates ``n_synthetic`` anomalies per generator and seed through the host's one driver,
+   :func:`anoplug.driver.generate_batch`, exactly as ``anoplug generate`` makes them (sample
+   *i*: normal ``i % N``, paired source ``(i % N + 1) % N`` for generators that borrow one,
+   seed ``sample_seed(seed, i)``, one torch thread), cached under ``OUT/cache`` by a hash of
+   everything that determines them;
 3. runs each evaluator with the inputs its kind needs (``per_sample``: the source normals;
    ``set``: the reference shots; ``downstream``: training normals + held-out test set);
 4. writes ``results.json`` (config, every metric of every run, timings), ``results.md``
@@ -49,8 +49,9 @@ CPU_UTILITY: dict[str, Any] = {"steps": 300, "base_width": 8, "lr": 1e-3, "batch
 #: Evaluator params the bench sets so a CPU run stays within minutes (overridable per evaluator).
 CPU_OVERRIDES: dict[str, dict[str, Any]] = {"ic-lpips": {"resize": 0}, "kid": {"subsets": 100}}
 PRIMARY_UTILITY = ("image_auroc", "pixel_ap", "au_pro")
-#: Part of every cache key: bump when how a sample's input is built changes (2: paired sources as the writer does).
-INPUTS_VERSION = 2
+#: Part of every cache key: bump when how a sample is made changes (2: paired sources as the writer does;
+#: 3: made by anoplug.driver, with one torch thread as every executor uses).
+INPUTS_VERSION = 3
 #: Suffixes of the two metrics that carry a confidence interval of metric ``m`` (``m_ci_low``, ``m_ci_high``).
 CI_SUFFIXES = ("_ci_low", "_ci_high")
 
@@ -155,8 +156,8 @@ def generate_set(cfg: BenchConfig, name: str, seed: int, normals: Any, cache_dir
     """(generated, source normals, seconds, from_cache)."""
     from safetensors.torch import load_file, save_file
 
-    from anoplug.data.inputs import InMemoryDataset, sample_inputs, source_indices
-    from anoplug.seeding import sample_seed
+    from anoplug.data.inputs import InMemoryDataset, source_indices
+    from anoplug.driver import generate_batch
     from anoplug.types import Batch
 
     params = cfg.generator_params.get(name, {})
@@ -173,11 +174,7 @@ def generate_set(cfg: BenchConfig, name: str, seed: int, normals: Any, cache_dir
     gen = _make_generator(name, params)
     if getattr(gen, "requires", None) is not None and getattr(gen.requires, "fit", False):
         gen.fit(normals, steps=cfg.fit_steps)
-    outs = []
-    for s in range(0, cfg.n_synthetic, 16):
-        chunk = list(range(s, min(s + 16, cfg.n_synthetic)))
-        outs.append(gen.generate(sample_inputs(gen, pool, chunk), seeds=[sample_seed(seed, i) for i in chunk]))
-    out = Batch.cat(outs)
+    out = generate_batch(gen, pool, range(cfg.n_synthetic), seed=seed)  # the writer's bytes for samples 0..n-1
     seconds = time.perf_counter() - t0
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from pydantic import Field, field_validator
 
+from anoplug.conditions import Conditions
 from anoplug.generator import Generator, Paper, Requires, Samples
 from anoplug.params import Params
 from anoplug.types import Batch
@@ -78,7 +79,8 @@ class Hybrid(Generator):
                                   samples=None if any(r is None for r in replay) else replay)
             for k, i in enumerate(idx):  # the member's own draws complete this sample's record
                 samples[i]["member_sample"] = out.meta[k]["sample"]
-            parts.append(out)
+            out.conditions = Conditions()  # each member saw its own conditions (NSA a paired source, DRAEM none);
+            parts.append(out)  # the mixture answers the batch's, set by generate()
             order += idx
         merged = Batch.cat(parts, common_extras=True)  # e.g. NSA's soft mask exists for its samples only
         inverse = [0] * len(order)
