@@ -363,6 +363,8 @@ def _dumps(obj: Any) -> bytes:
 
 
 def _loads(data: bytes) -> Any:
+    """Unpickle a plan this run's own client made (in memory, over a pipe or Dask's channel — as
+    multiprocessing and Dask unpickle every task); never a file, never bytes from anyone else."""
     import pickle
 
     return pickle.loads(data)
