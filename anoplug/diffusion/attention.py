@@ -27,8 +27,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-__all__ = ["AttentionState", "AnoplugAttnProcessor", "cross_attention_layers", "attention_processors",
-           "pixel_softmax"]
+__all__ = ["AttentionState", "AnoplugAttnProcessor", "cross_attention_layers", "attention_processors", "attention_input",
+           "attention_output", "pixel_softmax"]
 
 
 @dataclass
@@ -83,18 +83,10 @@ class AnoplugAttnProcessor:
     def __call__(self, attn: Any, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                  attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None,
                  anoplug_weight: torch.Tensor | None = None, anoplug_tokens: torch.Tensor | None = None) -> torch.Tensor:
-        residual = hidden_states
-        if attn.spatial_norm is not None:
-            hidden_states = attn.spatial_norm(hidden_states, temb)
-        four_d = hidden_states.ndim == 4
-        if four_d:
-            b, c, h, w = hidden_states.shape
-            hidden_states = hidden_states.view(b, c, h * w).transpose(1, 2)
+        hidden_states, residual, shape = attention_input(attn, hidden_states, temb)
         is_cross = encoder_hidden_states is not None
         batch, seq_len, _ = (encoder_hidden_states if is_cross else hidden_states).shape
         attention_mask = attn.prepare_attention_mask(attention_mask, seq_len, batch)
-        if attn.group_norm is not None:
-            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
         context = hidden_states if not is_cross else (
             attn.norm_encoder_hidden_states(encoder_hidden_states) if attn.norm_cross else encoder_hidden_states)
         q = attn.head_to_batch_dim(attn.to_q(hidden_states))
@@ -116,13 +108,35 @@ class AnoplugAttnProcessor:
             self.state.maps.setdefault(self.name, []).append(probs.view(batch, heads, n_pix, n_keys).mean(1))
         self.state.calls.append(self.name)
 
-        out = attn.batch_to_head_dim(torch.bmm(probs.to(v.dtype), v))
-        out = attn.to_out[1](attn.to_out[0](out))
-        if four_d:
-            out = out.transpose(-1, -2).reshape(b, c, h, w)
-        if attn.residual_connection:
-            out = out + residual
-        return out / attn.rescale_output_factor
+        return attention_output(attn, attn.batch_to_head_dim(torch.bmm(probs.to(v.dtype), v)), residual, shape)
+
+
+def attention_input(attn: Any, hidden_states: torch.Tensor,
+                    temb: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, tuple[int, ...] | None]:
+    """The prologue every diffusers attention processor runs: spatial and group norm, ``[B,C,H,W]`` to tokens.
+
+    Returns the tokens, the residual and the 4-D shape to restore (None for token inputs).
+    """
+    residual = hidden_states
+    if attn.spatial_norm is not None:
+        hidden_states = attn.spatial_norm(hidden_states, temb)
+    shape = tuple(hidden_states.shape) if hidden_states.ndim == 4 else None
+    if shape is not None:
+        b, c, h, w = shape
+        hidden_states = hidden_states.view(b, c, h * w).transpose(1, 2)
+    if attn.group_norm is not None:
+        hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+    return hidden_states, residual, shape
+
+
+def attention_output(attn: Any, out: torch.Tensor, residual: torch.Tensor, shape: tuple[int, ...] | None) -> torch.Tensor:
+    """The matching epilogue: output projection, back to ``[B,C,H,W]``, residual, rescale."""
+    out = attn.to_out[1](attn.to_out[0](out))
+    if shape is not None:
+        out = out.transpose(-1, -2).reshape(shape)
+    if attn.residual_connection:
+        out = out + residual
+    return out / attn.rescale_output_factor
 
 
 def cross_attention_layers(unet: Any) -> list[str]:

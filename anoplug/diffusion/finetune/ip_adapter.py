@@ -39,6 +39,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from anoplug.diffusion.attention import attention_input, attention_output
 from anoplug.diffusion.finetune.common import ADAM_WEIGHT_DECAY, MAX_GRAD_NORM, fit, noise_prediction_loss
 from anoplug.diffusion.finetune.conditioned import ConditionedLatents, encode_pairs, trainable
 
@@ -85,21 +86,13 @@ class DecoupledIPAttnProcessor(nn.Module):
                              "image tokens (IPAdapter.context)")
         n_text = encoder_hidden_states.shape[1] - self.num_tokens
         text, image = encoder_hidden_states[:, :n_text], encoder_hidden_states[:, n_text:]
-        residual = hidden_states
-        if attn.spatial_norm is not None:
-            hidden_states = attn.spatial_norm(hidden_states, temb)
-        spatial = hidden_states.ndim == 4
-        if spatial:
-            b, c, h, w = hidden_states.shape
-            hidden_states = hidden_states.view(b, c, h * w).transpose(1, 2)
+        hidden_states, residual, shape = attention_input(attn, hidden_states, temb)
         batch = text.shape[0]
         if attention_mask is not None:
             if attention_mask.shape[-1] == encoder_hidden_states.shape[1]:
                 attention_mask = attention_mask[..., :n_text]
             attention_mask = attn.prepare_attention_mask(attention_mask, n_text, batch)
             attention_mask = attention_mask.view(batch, attn.heads, -1, attention_mask.shape[-1])
-        if attn.group_norm is not None:
-            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
         query = attn.to_q(hidden_states)
         if attn.norm_cross:
             text = attn.norm_encoder_hidden_states(text)
@@ -117,12 +110,7 @@ class DecoupledIPAttnProcessor(nn.Module):
             v_ip = _heads(self.to_v_ip(image), attn.heads)
             ip = _merge(F.scaled_dot_product_attention(q, k_ip, v_ip, dropout_p=0.0, is_causal=False))
             out = out + self.scale * ip.to(query.dtype)
-        out = attn.to_out[1](attn.to_out[0](out))
-        if spatial:
-            out = out.transpose(-1, -2).reshape(b, c, h, w)
-        if attn.residual_connection:
-            out = out + residual
-        return out / attn.rescale_output_factor
+        return attention_output(attn, out, residual, shape)
 
 
 class IPAdapter(nn.Module):
