@@ -30,7 +30,8 @@ NO_RESOURCE_CHECK = "ANOPLUG_NO_RESOURCE_CHECK"
 
 
 #: the ``generate`` flag that sets each per-sample condition
-CONDITION_FLAGS = {"target_mask": "--masks DIR", "boxes": "--boxes FILE", "prompt": "--prompt TEXT"}
+CONDITION_FLAGS = {"target_mask": "--masks DIR", "boxes": "--boxes FILE", "prompt": "--prompt TEXT",
+                   "defect_type": "--defect-type NAME[,NAME...]"}
 
 
 class UserError(ValueError):
@@ -119,6 +120,9 @@ def cmd_info(args: argparse.Namespace) -> int:
             shown = [f"{c} ({'required' if c in req.conditions else 'optional'}; {flags.get(c, 'Python only')})"
                      for c in req.uses if c not in ("source_object_mask", "reference_masks")]
             print(f"conditions: {', '.join(shown)}")
+        if getattr(cls, "pretrained", None):
+            print(f"shipped:   {', '.join(cls.pretrained)} (the first is used without --fit/--load; "
+                  "pick one with --pretrained NAME)")
     print("parameters:")
     rows = []
     for fname in cls.Params.model_fields:
@@ -163,13 +167,21 @@ def _parse_params(pairs: Sequence[str]) -> dict[str, str]:
     return out
 
 
-def _build_generator(name: str, param_pairs: Sequence[str], load: str | None = None) -> Any:
+def _build_generator(name: str, param_pairs: Sequence[str], load: str | None = None,
+                     pretrained: str | None = None) -> Any:
+    """The generator the flags ask for: saved (``--load``), shipped (``--pretrained``) or new from ``--param``."""
     reg = _registry()
     cls = reg.generator_class(name)
-    if load:
+    if load or pretrained:
         if param_pairs:
-            raise UserError("--param cannot be combined with --load (the saved parameters are used)")
-        return cls.load(load)
+            flag = "--load" if load else "--pretrained (or a shipped default)"
+            raise UserError(f"--param cannot be combined with {flag}: the saved parameters are used")
+        if load:
+            return cls.load(load)
+        try:
+            return cls.from_pretrained(pretrained)
+        except ValueError as e:
+            raise UserError(f"--pretrained: {e}") from e
     params = cls.Params.from_strings(_parse_params(param_pairs))
     return cls(params)
 
@@ -338,7 +350,13 @@ def _check_fit_flags(args: argparse.Namespace, cls: Any) -> None:
     if args.anomalies and not cls.requires.anomalies:
         raise UserError(f"{name} takes no reference anomalies (it fits on the normals of --data); "
                         f"drop --anomalies {args.anomalies}")
-    if learned and not args.load:
+    if args.pretrained and (args.fit or args.load):
+        raise UserError("--pretrained loads a shipped checkpoint: drop it, or drop --fit/--load")
+    if args.pretrained and not cls.pretrained:
+        raise UserError(f"{name} ships no pretrained checkpoint; drop --pretrained {args.pretrained}")
+    if learned and not args.load and not args.fit and cls.pretrained:
+        args.pretrained = args.pretrained or next(iter(cls.pretrained))  # the shipped default
+    if learned and not args.load and not args.pretrained:
         how = "--fit --anomalies SPEC (trains on --data and real defects, e.g. --anomalies toy:metal)" \
             if cls.requires.anomalies else "--fit (trains on --data)"
         if not args.fit:
@@ -367,7 +385,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise UserError("generate needs a generator NAME and --data (or --replay MANIFEST)")
     cls = _registry().generator_class(args.name)
     _check_fit_flags(args, cls)
-    gen = _build_generator(args.name, args.param, args.load)
+    gen = _build_generator(args.name, args.param, args.load, args.pretrained)
+    if args.pretrained:
+        print(f"using {args.name}'s shipped checkpoint {args.pretrained!r} ({cls.pretrained_path(args.pretrained)})")
     from anoplug.data import open_dataset
     from anoplug.data.inputs import ConditionSource
     from anoplug.data.writer import JOURNAL, MANIFEST, write_generated
@@ -378,7 +398,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if gen.requires.fit and not gen.is_fitted and not args.fit:
         raise UserError(f"{args.load} holds an unfitted {args.name} (a checkpoint saved before fit?): "
                         "pass a directory written after fitting")
-    conditions = ConditionSource(masks=args.masks, boxes=args.boxes, prompt=args.prompt)
+    conditions = ConditionSource(masks=args.masks, boxes=args.boxes, prompt=args.prompt, defect_type=args.defect_type)
     for name in gen.requires.conditions:
         if name not in conditions.names() and not (name == "source_image" and gen.requires.paired_source):
             flag = CONDITION_FLAGS.get(name, name)
@@ -443,6 +463,7 @@ def _replay(args: argparse.Namespace) -> int:
 
     given = [flag for flag, v in (("NAME", args.name), ("--data", args.data), ("--param", args.param),
                                   ("--masks", args.masks), ("--boxes", args.boxes), ("--prompt", args.prompt),
+                                  ("--defect-type", args.defect_type), ("--pretrained", args.pretrained),
                                   ("--fit", args.fit), ("--fit-steps", args.fit_steps is not None),
                                   ("--anomalies", args.anomalies), ("--save", args.save)) if v]
     if given:
@@ -555,6 +576,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argpars
     sp.add_argument("--n-train", type=int, default=None, help="normal images copied to train/good")
     sp.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE", help="method parameter")
     sp.add_argument("--load", help="load a saved (fitted) generator from this directory")
+    sp.add_argument("--pretrained", metavar="NAME", help="a checkpoint the plugin ships (default for a learned "
+                    "method without --fit/--load: its first; `anoplug info NAME` lists them)")
     sp.add_argument("--fit", action="store_true", help="fit a learned generator on --data (and --anomalies) first")
     sp.add_argument("--fit-steps", type=int, default=None, help="training steps of --fit (default: the method's)")
     sp.add_argument("--anomalies", metavar="SPEC", help="real defects with masks to fit on: the defective images of "
@@ -563,6 +586,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argpars
     sp.add_argument("--masks", metavar="DIR", help="target masks, one image per sample (sorted, cycled): where defects go")
     sp.add_argument("--boxes", metavar="FILE", help="JSON list with one list of [label, x1, y1, x2, y2] per sample (cycled)")
     sp.add_argument("--prompt", metavar="TEXT", help="text prompt for every sample")
+    sp.add_argument("--defect-type", metavar="NAME[,NAME...]",
+                    help="defect type(s) to generate, cycled over the samples (methods fitted on several types)")
     sp.add_argument("--replay", metavar="MANIFEST", help="regenerate the dataset of this manifest from its recorded draws")
     sp.add_argument("--workers", type=int, default=None, metavar="N",
                     help="worker processes, each with its own model copy and one torch thread (default: this "

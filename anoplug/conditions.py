@@ -35,6 +35,8 @@ class Conditions:
     - ``target_mask``: float32 ``[B,1,H,W]`` in {0,1}, where the defect must appear;
     - ``boxes``: one list of :data:`Box` per sample;
     - ``prompt``: one text prompt per sample;
+    - ``defect_type``: one defect-type name per sample (a class the method was fitted on), for
+      methods that generate a chosen category (Defect-GAN, DT-GAN);
     - ``source_image``: float32 ``[B,3,H,W]``, a second normal image to borrow content from
       (NSA's patch source), with ``source_object_mask`` ``[B,1,H,W]`` optionally;
     - ``references``: float32 ``[B,K,3,H,W]`` reference anomaly exemplars per sample, with
@@ -44,6 +46,7 @@ class Conditions:
     target_mask: torch.Tensor | None = None
     boxes: list[list[Box]] | None = None
     prompt: list[str] | None = None
+    defect_type: list[str] | None = None
     source_image: torch.Tensor | None = None
     source_object_mask: torch.Tensor | None = None
     references: torch.Tensor | None = None
@@ -91,6 +94,9 @@ class Conditions:
         if self.prompt is not None:
             _need(len(self.prompt) == n and all(isinstance(s, str) for s in self.prompt),
                   f"conditions.prompt must hold {n} strings, got {len(self.prompt)} entries")
+        if self.defect_type is not None:
+            _need(len(self.defect_type) == n and all(isinstance(s, str) and s.strip() for s in self.defect_type),
+                  f"conditions.defect_type must hold {n} non-empty strings, got {len(self.defect_type)} entries")
         if self.boxes is not None:
             _need(len(self.boxes) == n, f"conditions.boxes must hold one list per sample: {len(self.boxes)} for {n}")
             for i, row in enumerate(self.boxes):

@@ -146,6 +146,10 @@ class Generator:
     #: True when pixels outside the returned mask are bit-identical to the input
     #: (the conformance kit then checks it).
     preserves_outside_mask: ClassVar[bool] = False
+    #: checkpoints shipped inside the plugin package: name -> directory (written by :meth:`save`),
+    #: relative to the defining module's folder. The first is the default of :meth:`from_pretrained`
+    #: and of ``anoplug generate`` without ``--fit``/``--load``.
+    pretrained: ClassVar[dict[str, str]] = {}
 
     def __init__(self, params: Params | dict | None = None, **kwargs: Any) -> None:
         if params is not None and kwargs:
@@ -291,6 +295,29 @@ class Generator:
         Learned methods whose module shapes depend on what they were fitted on (anomaly
         types, classes, image size) override this; the base has nothing to rebuild.
         """
+
+    @classmethod
+    def pretrained_path(cls, name: str | None = None) -> Path:
+        """The directory of shipped checkpoint ``name`` (default: the first of :attr:`pretrained`)."""
+        import sys
+
+        if not cls.pretrained:
+            raise ValueError(f"{cls.name} ships no pretrained checkpoint")
+        key = next(iter(cls.pretrained)) if name is None else name
+        if key not in cls.pretrained:
+            raise ValueError(f"{cls.name} ships no checkpoint {key!r}; it ships: {', '.join(cls.pretrained)}")
+        return Path(sys.modules[cls.__module__].__file__).parent / cls.pretrained[key]
+
+    @classmethod
+    def from_pretrained(cls, name_or_dir: str | Path | None = None) -> Generator:
+        """A shipped checkpoint by name (default: the first), or any directory written by :meth:`save`."""
+        if name_or_dir is None or str(name_or_dir) in cls.pretrained:
+            return cls.load(cls.pretrained_path(None if name_or_dir is None else str(name_or_dir)))
+        if Path(name_or_dir).is_dir():
+            return cls.load(name_or_dir)
+        shipped = ", ".join(cls.pretrained) or "none"
+        raise ValueError(f"{cls.name}: {str(name_or_dir)!r} is neither a shipped checkpoint (shipped: {shipped}) "
+                         "nor a directory written by save()")
 
     @classmethod
     def load(cls, directory: str | Path) -> Generator:

@@ -175,6 +175,8 @@ def condition_variants(name: str, batch: Any, box_label: Any = "anomaly") -> tup
                 {"boxes": [[(box_label, 0.55, 0.5, 0.9, 0.95)]] * n})
     if name == "prompt":
         return {"prompt": ["a photo of a scratch"] * n}, {"prompt": ["a photo of a hole"] * n}
+    if name == "defect_type":  # make_toy_anomalies' label and a second name: override for the types you fit
+        return {"defect_type": ["scratch"] * n}, {"defect_type": ["hole"] * n}
     one, two = [(i + 1) % n for i in range(n)], [(i + 2) % n for i in range(n)]
     other = make_toy_batch(n, h, seed=99)
     if name == "source_image":
@@ -445,6 +447,22 @@ class LearnedGeneratorConformance(GeneratorConformance):
         assert gen.is_fitted
         assert len(gen.history) >= self.fit_steps and all(isinstance(h, dict) for h in gen.history)
 
+    def test_shipped_checkpoints_load_and_generate(self) -> None:
+        """Every checkpoint in ``pretrained`` loads fitted, safetensors only, and generates valid samples."""
+        cls = self.generator_type()
+        if not cls.pretrained:
+            pytest.skip(f"{cls.name} ships no checkpoint")
+        for name in cls.pretrained:
+            path = cls.pretrained_path(name)
+            assert (path / "weights.safetensors").is_file() and (path / "config.json").is_file(), path
+            assert not [p.name for p in path.iterdir() if p.suffix in (".pt", ".pth", ".pkl", ".bin", ".ckpt")], \
+                f"{path} holds a pickle-based weights file"
+            g = cls.from_pretrained(name)
+            assert g.is_fitted, f"shipped checkpoint {name!r} loads unfitted"
+            batch = self.make_batch()
+            out = g.generate(batch, seeds=list(range(len(batch))))
+            assert out.image.shape[0] == len(batch) and torch_isfinite(out.image), name
+
     def test_resume_gives_the_weights_of_an_uninterrupted_run(self, tmp_path: Any) -> None:
         half = self.resume_steps // 2
         whole = self.unfitted().fit(*self._fit_args(), steps=self.resume_steps, checkpoint_every=half,
@@ -458,6 +476,12 @@ class LearnedGeneratorConformance(GeneratorConformance):
                 assert _same(t, theirs[n]), f"{key}.{n} differs after resuming at step {half}"
         assert _same(whole.extra_state(), resumed.extra_state()), "extra state differs after resuming"
         assert [h for h in whole.history] == [h for h in resumed.history], "the training history differs"
+
+
+def torch_isfinite(t: Any) -> bool:
+    import torch
+
+    return bool(torch.isfinite(t).all())
 
 
 def make_toy_anomalies(n: int = 4, size: int = 64, seed: int = 5, label: str = "scratch"):

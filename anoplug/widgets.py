@@ -453,7 +453,9 @@ def explore(name: Any, images: Any = None, *, seed: int = 0, n: int = 4, size: i
     if isinstance(name, str):
         spec = reg.spec("generators", name)
         target: Any = reg.generator_class(name)
-        if target.requires.fit:
+        if target.requires.fit and target.pretrained:
+            target = target.from_pretrained()  # a learned method by name: its shipped default checkpoint
+        elif target.requires.fit:
             raise ValueError(f"{name!r} is a learned method: fit or load it first and pass the instance, "
                              f"e.g. explore(gen, images) with gen = anoplug.get_generator({name!r}); gen.fit(...)")
     else:

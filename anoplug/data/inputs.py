@@ -55,12 +55,14 @@ class ConditionSource:
       resized with nearest neighbour;
     - ``boxes``: a JSON file holding one list of ``[label, x1, y1, x2, y2]`` per sample
       (cycled), corners normalised to [0, 1];
-    - ``prompt``: one prompt for every sample.
+    - ``prompt``: one prompt for every sample;
+    - ``defect_type``: comma-separated defect-type names, cycled over the samples.
     """
 
     masks: str | Path | None = None
     boxes: str | Path | None = None
     prompt: str | None = None
+    defect_type: str | None = None
     _mask_files: list[Path] = field(default_factory=list, init=False, repr=False)
     _box_rows: list[list] = field(default_factory=list, init=False, repr=False)
 
@@ -89,14 +91,19 @@ class ConditionSource:
             self._box_rows = [[tuple(b) for b in row] for row in rows]
         if self.prompt is not None and not self.prompt.strip():
             raise DataError("--prompt: empty prompt")
+        if self.defect_type is not None and not all(t.strip() for t in self.defect_type.split(",")):
+            raise DataError(f"--defect-type {self.defect_type!r}: give one or more names separated by commas")
 
     def __bool__(self) -> bool:
-        return self.masks is not None or self.boxes is not None or self.prompt is not None
+        return any(v is not None for v in (self.masks, self.boxes, self.prompt, self.defect_type))
 
     def names(self) -> tuple[str, ...]:
         """The condition fields this source sets."""
-        return tuple(n for n, v in (("target_mask", self.masks), ("boxes", self.boxes), ("prompt", self.prompt))
-                     if v is not None)
+        return tuple(n for n, v in (("target_mask", self.masks), ("boxes", self.boxes), ("prompt", self.prompt),
+                                    ("defect_type", self.defect_type)) if v is not None)
+
+    def _types(self) -> list[str]:
+        return [t.strip() for t in (self.defect_type or "").split(",") if t.strip()]
 
     def identity(self) -> dict[str, Any]:
         """What decides the conditions (file contents by hash), for a run's identity."""
@@ -110,6 +117,8 @@ class ConditionSource:
             out["boxes"] = {"file": str(self.boxes), "sha256": hashlib.sha256(Path(self.boxes).read_bytes()).hexdigest()[:16]}
         if self.prompt is not None:
             out["prompt"] = self.prompt
+        if self.defect_type is not None:
+            out["defect_type"] = self.defect_type
         return out
 
     def for_sample(self, i: int) -> dict[str, Any]:
@@ -121,6 +130,9 @@ class ConditionSource:
             out["boxes"] = [list(b) for b in self._box_rows[i % len(self._box_rows)]]
         if self.prompt is not None:
             out["prompt"] = self.prompt
+        if self.defect_type is not None:
+            types = self._types()
+            out["defect_type"] = types[i % len(types)]
         return out
 
     def conditions(self, indices: Sequence[int], size: tuple[int, int]) -> dict[str, Any]:
@@ -144,6 +156,9 @@ class ConditionSource:
             out["boxes"] = [list(self._box_rows[int(i) % len(self._box_rows)]) for i in indices]
         if self.prompt is not None:
             out["prompt"] = [self.prompt] * len(indices)
+        if self.defect_type is not None:
+            types = self._types()
+            out["defect_type"] = [types[int(i) % len(types)] for i in indices]
         return out
 
 

@@ -717,9 +717,12 @@ def replay_manifest(manifest: str | Path, out: str | Path, *, load: str | Path |
     if not first["data"]:
         raise DataError(f"--replay {path}: the run did not record its --data source")
     cls = get_registry().generator_class(first["method"])
-    if cls.requires.fit and not load:
+    if cls.requires.fit and not load and not cls.pretrained:
         raise DataError(f"--replay {path}: {first['method']} is a learned method; pass --load DIR with its weights")
-    gen = cls.load(load) if load else cls(**first["params"])
+    if load:
+        gen = cls.load(load)
+    else:  # a learned method without --load replays from its shipped default (the parameters are checked next)
+        gen = cls.from_pretrained() if cls.requires.fit else cls(**first["params"])
     if gen.params.model_dump(mode="json") != first["params"]:
         raise DataError(f"--replay {path}: the parameters saved in {load} differ from the manifest's")
     if gen.version != first["method_version"]:
@@ -729,7 +732,7 @@ def replay_manifest(manifest: str | Path, out: str | Path, *, load: str | Path |
     source = open_dataset(first["data"], split="train", size=size)
     cond = first.get("conditions") or {}
     conditions = ConditionSource(masks=(cond.get("masks") or {}).get("dir"), boxes=(cond.get("boxes") or {}).get("file"),
-                                 prompt=cond.get("prompt")) if cond else None
+                                 prompt=cond.get("prompt"), defect_type=cond.get("defect_type")) if cond else None
     return write_generated(gen, source, out, n=count, seed=int(first["seed"]), batch_size=batch_size,
                            n_train=first.get("n_train"), progress=progress, conditions=conditions, data=first["data"],
                            replay=_ManifestRecords(path), replay_root=path.parent, executor=executor)
