@@ -319,3 +319,30 @@ def test_best_on_test_is_opt_in_and_labelled() -> None:
                             baseline=False, repeats=2).evaluate(**inputs)
     assert "TEST set" in rep.metrics["image_auroc"].description
     assert [[h["step"] for h in r["history"]] for r in rep.details["repeats"]] == [[2, 4], [2, 4]]
+
+
+def test_inception_gets_the_input_scaling_of_its_weights(tmp_path) -> None:
+    """Review fix: torchvision's Inception-v3 weights need ``transform_input=True``.
+
+    ``inception_v3(weights=None)`` leaves it False, so ImageNet-normalised input reached the first
+    convolution unchanged; the weights (ported from Google's) expect (x - 0.5) / 0.5. The first
+    convolution must see that, and the KID name must say it is torchvision's network.
+    """
+    import torch.nn.functional as F
+    from anoplug_metrics import fidelity
+    from safetensors.torch import save_file
+    from torchvision.models import inception_v3
+
+    net = inception_v3(weights=None, aux_logits=True, init_weights=False)
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp_path / "inc.safetensors"))
+    model = fidelity._inception(str(tmp_path / "inc.safetensors"))
+    assert model.transform_input
+    seen: list[torch.Tensor] = []
+    model.Conv2d_1a_3x3.register_forward_pre_hook(lambda _m, a: seen.append(a[0]))
+    x = torch.rand(1, 3, 40, 40, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        model(fidelity._inception_input(x))
+    expect = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False) * 2 - 1
+    assert torch.allclose(seen[0], expect, atol=1e-5)
+    _, label = fidelity.extract_features(x, "inception", inception_weights=str(tmp_path / "inc.safetensors"))
+    assert label.startswith("torchvision-inception-v3")

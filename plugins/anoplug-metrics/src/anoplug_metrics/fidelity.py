@@ -59,12 +59,25 @@ def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _inception(weights: str) -> torch.nn.Module:
-    """torchvision Inception-v3 with weights from a local state dict (safetensors, or torch file read weights-only)."""
+    """torchvision Inception-v3 with weights from a local state dict (safetensors, or torch file read weights-only).
+
+    ``transform_input=True`` as torchvision sets it for its ImageNet weights (ported from the
+    Google checkpoint, which expects inputs in [-1, 1]): the model takes ImageNet-normalised
+    input and maps it back to (x - 0.5) / 0.5 itself. ``weights=None`` alone leaves it False,
+    and the network would then see ImageNet-normalised values it was never trained on.
+    """
     from torchvision.models import inception_v3
 
-    model = inception_v3(weights=None, aux_logits=True, init_weights=False)
+    model = inception_v3(weights=None, aux_logits=True, init_weights=False, transform_input=True)
     model.load_state_dict(_load_tensors(Path(weights)))
     return model.eval()
+
+
+def _inception_input(x: torch.Tensor) -> torch.Tensor:
+    """[0,1] images -> 299² ImageNet-normalised input, as torchvision's Inception-v3 weights expect."""
+    mean = torch.tensor([0.485, 0.456, 0.406], device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225], device=x.device).view(1, 3, 1, 1)
+    return (F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False) - mean) / std
 
 
 def extract_features(images: torch.Tensor, extractor: str, *, resize: int = 224, chunk: int = 16,
@@ -94,10 +107,8 @@ def extract_features(images: torch.Tensor, extractor: str, *, resize: int = 224,
             raise FileNotFoundError("extractor 'inception' needs inception_weights= a local Inception-v3 state dict")
         net = _inception(inception_weights)
         net.fc = torch.nn.Identity()
-        mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-        std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-        fn = lambda t: net((F.interpolate(t, size=(299, 299), mode="bilinear", align_corners=False) - mean) / std)  # noqa: E731
-        label = "inception-v3-pool3"
+        fn = lambda t: net(_inception_input(t))  # noqa: E731
+        label = "torchvision-inception-v3-pool3"  # torchvision's port, not the 2015 TF graph of FID/KID papers
     else:
         raise ValueError(f"unknown feature extractor {extractor!r}")
     with torch.no_grad():
@@ -173,11 +184,9 @@ class InceptionScore(Evaluator):
                                                    "(set inception_weights=PATH); no offline substitute is faithful")},
                           details={"available": False})
         net = _inception(self.params.inception_weights)
-        mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-        std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
         with torch.no_grad():
-            x = F.interpolate(generated.image, size=(299, 299), mode="bilinear", align_corners=False)
-            logits = torch.cat([net((x[i:i + 16] - mean) / std) for i in range(0, len(x), 16)])
+            x = generated.image
+            logits = torch.cat([net(_inception_input(x[i:i + 16])) for i in range(0, len(x), 16)])
         probs = logits.double().softmax(1).numpy()
         m, s = inception_score(probs, self.params.splits)
         desc = f"IS over {self.params.splits} splits, torchvision Inception-v3 (1000 classes), not the TF graph"
