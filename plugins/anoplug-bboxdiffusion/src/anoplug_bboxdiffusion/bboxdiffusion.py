@@ -106,7 +106,10 @@ class BBoxDiffusionParams(Params):
     lr: float = Field(1e-5, gt=0, le=1.0, description="AdamW learning rate")
     batch_size: int = Field(8, ge=1, le=256, description="training batch size")
     epochs: int = Field(300, ge=1, le=10_000, description="training epochs (fit(steps=...) overrides)")
-    max_boxes: int = Field(2, ge=1, le=16, description="boxes drawn per sample when generate() gets none")
+    layout: Literal["dataset", "random"] = Field(
+        "dataset", description="boxes when generate() gets none: a real layout of the fitted data (official "
+        "test_ours.py samples dataset layouts) or 'random' boxes from the fitted size ranges")
+    max_boxes: int = Field(2, ge=1, le=16, description="boxes per sample for layout='random'")
     anomaly_type: str = Field("", description="class of drawn boxes ('' = drawn per box among the fitted classes)")
     seed: int = Field(1234, ge=0, le=2**31 - 1, description="seed of fit's draws (batches, noise, timesteps); "
                       "fit(seed=) overrides it")
@@ -124,7 +127,11 @@ def build_unet(model: str, in_ch: int, out_ch: int, size: int) -> nn.Module:
                            block_out_channels=(128, 128, 256, 256, 512, 512),
                            down_block_types=("DownBlock2D",) * 4 + ("AttnDownBlock2D", "DownBlock2D"),
                            up_block_types=("UpBlock2D", "AttnUpBlock2D") + ("UpBlock2D",) * 4,
-                           norm_num_groups=32, downsample_padding=0)
+                           norm_num_groups=32, downsample_padding=0,
+                           # the official network_config (configs/paper/ours.yaml) departs from diffusers'
+                           # defaults here: one attention head per layer (attention_head_dim null), the
+                           # sinusoid order and shift of its timestep embedding, and the norms' epsilon
+                           attention_head_dim=None, flip_sin_to_cos=False, freq_shift=1, norm_eps=1e-6)
 
 
 def make_ddpm(train_steps: int) -> Any:
@@ -157,6 +164,7 @@ class BBoxDiffusion(LearnedGenerator):
         self.size: int = 0
         self.unet: nn.Module | None = None
         self.box_stats: dict[str, float] = {}
+        self.layouts: list[list[tuple[str, float, float, float, float]]] = []  # the fitted anomalies' boxes
         self.history: list[dict] = []
 
     @property
@@ -181,12 +189,13 @@ class BBoxDiffusion(LearnedGenerator):
 
     def config(self) -> dict[str, Any]:
         return {**super().config(), "classes": self.classes, "size": self.size, "box_stats": self.box_stats,
-                "last_losses": self.losses[-10:]}
+                "layouts": [[list(b) for b in row] for row in self.layouts], "last_losses": self.losses[-10:]}
 
     def restore_config(self, config: dict[str, Any]) -> None:
         if config.get("classes"):
             self._build(config["classes"][1:], int(config["size"]))
             self.box_stats = dict(config.get("box_stats", {}))
+            self.layouts = [[tuple(b) for b in row] for row in config.get("layouts", [])]
 
     # -- conditions -------------------------------------------------------------------------------
     def condition(self, boxes: Sequence[Sequence[Box]], h: int, w: int) -> torch.Tensor:
@@ -207,6 +216,8 @@ class BBoxDiffusion(LearnedGenerator):
         self._build(sorted({lab for lab in anomalies.label if lab != GOOD}), h)
         boxes = [boxes_from_mask(data.mask[i], self.classes.index(lab)) if lab != GOOD else []
                  for i, lab in enumerate(data.label)]
+        self.layouts = [[(self.classes[c], round(x1, 4), round(y1, 4), round(x2, 4), round(y2, 4))
+                         for c, x1, y1, x2, y2 in bx] for bx in boxes if bx]
         sizes = [(x2 - x1, y2 - y1) for bx in boxes for _, x1, y1, x2, y2 in bx]
         if sizes:
             ws, hs = zip(*sizes)
@@ -236,9 +247,20 @@ class BBoxDiffusion(LearnedGenerator):
 
     # -- generation ---------------------------------------------------------------------------------
     def sample(self, batch: Batch, rngs: Sequence[torch.Generator]) -> Samples:
-        """Per sample: boxes (count, class, size and place from the fitted box statistics)."""
+        """Per sample: a real layout of the fitted data (``layout="dataset"``, as the official sampling
+        reads layouts from a split file), or boxes whose count, class, size and place are drawn from
+        the fitted box statistics (``layout="random"``)."""
         if not self.classes:
             raise NotFittedError(f"{self.name} is not fitted")
+        if self.params.layout == "dataset" and self.layouts:
+            pool = self.layouts
+            if self.params.anomaly_type:
+                name = self.classes[self._class_id(self.params.anomaly_type)]
+                pool = [row for row in pool if any(b[0] == name for b in row)]
+            if not pool:
+                raise ValueError(f"no fitted layout holds a box of anomaly_type {self.params.anomaly_type!r}")
+            return Samples([{"boxes": [tuple(b) for b in pool[int(torch.randint(len(pool), (1,), generator=g))]]}
+                            for g in rngs])
         st = self.box_stats or {"w_min": 0.1, "w_max": 0.4, "h_min": 0.1, "h_max": 0.4}
         out = Samples()
         for g in rngs:
