@@ -73,7 +73,7 @@ normals = anoplug.open_dataset(f"toy:{CATEGORY}", split="train", size=64).batch(
 # conditioning too weakly without it) and a latent-mask threshold of 0.05 (toy defects cover only a
 # few pixels of the 16x16 latent). ARR is on, as the paper advises for textures such as metal.
 ad = anoplug.get_generator("anomalydiffusion", steps=SAMPLE_STEPS, mask_fit_steps=0, guidance=5.0,
-                           latent_mask_threshold=0.05, adaptive_reweighting=True)
+                           latent_mask_threshold=0.05, latent_mask_resize="area", adaptive_reweighting=True)
 t0 = time.perf_counter()
 ad.fit(None, shots, steps=FIT_STEPS)
 t_fit = time.perf_counter() - t0

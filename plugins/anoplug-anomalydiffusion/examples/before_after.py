@@ -54,7 +54,7 @@ def main() -> int:
     normals = ToyDataset(args.category, "train", size=64, length=args.n).batch(range(args.n))
 
     gen = AnomalyDiffusion(base_model=args.base_model, steps=args.steps, adaptive_reweighting=args.arr, batch_size=4,
-                           latent_mask_threshold=args.latent_mask_threshold, guidance=args.guidance,
+                           latent_mask_threshold=args.latent_mask_threshold, latent_mask_resize="area", guidance=args.guidance,
                            mask_fit_steps=args.mask_fit_steps, seed=args.seed)
     t0 = time.time()
     gen.fit(None, train_defects, steps=args.fit_steps)

@@ -290,3 +290,28 @@ def test_ldm_bert_family_path():
     out = gen.generate(with_mask(b), seed=0)
     m = out.mask.bool().expand_as(out.image)
     assert torch.equal(out.image[~m], b.image[~m]) and float((out.image - b.image).abs()[m].max()) > 0
+
+
+def test_generated_mask_threshold_is_the_originals_on_the_raw_decoder_range():
+    """Review fix: the original keeps decoded mask pixels > 0.8 on [-1, 1], i.e. > 0.9 on [0, 1]."""
+    img = torch.tensor([0.85, 0.95]).view(1, 1, 1, 2).expand(1, 3, 1, 2)
+    m = AD.binarise_generated_mask(img, AD.AnomalyDiffusionParams().mask_threshold)
+    assert m.flatten().tolist() == [0.0, 1.0]
+
+
+def test_latent_mask_is_plain_bilinear_then_at_least_half_as_the_original():
+    """Review fix: torchvision 0.13's tensor Resize (bilinear, no antialias), then >= 0.5.
+
+    A 2-px line at 256 px on a sampling column survives to the 32-px latent (area averaging gave
+    0.25 and dropped it); the whole map equals torchvision's resize without antialias.
+    """
+    from torchvision.transforms.functional import resize
+
+    m = torch.zeros(1, 1, 256, 256)
+    m[..., 99:101] = 1  # columns 99-100: latent column 12 samples at 99.5
+    lat = AD.latent_mask(m, (32, 32), 0.5)
+    assert lat[..., 12].all() and lat.sum() == 32
+    assert AD.latent_mask(m, (32, 32), 0.5, mode="area").sum() == 0
+    rnd = (torch.rand(2, 1, 256, 256, generator=torch.Generator().manual_seed(0)) > 0.7).float()
+    ref = resize(rnd, [32, 32], antialias=False)
+    assert torch.equal(AD.latent_mask(rnd, (32, 32), 0.5), (ref >= 0.5).float())

@@ -53,6 +53,29 @@ def _pipeline(name: str) -> Any:
     return _PIPELINES[name]
 
 
+def latent_mask(pix_mask: torch.Tensor, size: Sequence[int], threshold: float = 0.5,
+                mode: str = "bilinear") -> torch.Tensor:
+    """The pixel mask at latent size, binarised at ``>= threshold``.
+
+    The original resizes with torchvision 0.13's ``Resize`` on a tensor, which is bilinear
+    without antialiasing: a thin defect survives where it crosses a sampling point and vanishes
+    elsewhere. ``mode="area"`` averages instead (a 2-px line at 1/8 scale becomes 0.25 everywhere).
+    """
+    if mode == "area":
+        m = F.interpolate(pix_mask.float(), size=tuple(size), mode="area")
+    else:
+        m = F.interpolate(pix_mask.float(), size=tuple(size), mode="bilinear", align_corners=False, antialias=False)
+    return (m >= threshold).float()
+
+
+def binarise_generated_mask(decoded01: torch.Tensor, threshold: float = 0.9) -> torch.Tensor:
+    """A generated mask image (decoded, in [0,1]) to {0,1}: channel mean ``> threshold``.
+
+    The original thresholds the raw decoder output in [-1,1] at 0.8, i.e. 0.9 on [0,1].
+    """
+    return (decoded01.mean(1, keepdim=True) > threshold).float()
+
+
 class AnomalyDiffusionParams(Params):
     base_model: str = Field("tiny-base", description="'tiny-base' (bundled, offline), 'tiny-random', or a hub id / "
                             "local dir, e.g. CompVis/ldm-text2im-large-256 (the paper's)")
@@ -72,7 +95,11 @@ class AnomalyDiffusionParams(Params):
                             description="classifier-free guidance against '' for image synthesis (original: 1 = none)")
     blend: Literal["before", "after", "pixel_x0", "composite", "none"] = Field(
         "before", description="when the normal background is blended back (original: before every step)")
-    latent_mask_threshold: float = Field(0.5, gt=0.0, lt=1.0, description="binarise the mask resized to latent size at")
+    latent_mask_threshold: float = Field(0.5, gt=0.0, lt=1.0, description="binarise the mask resized to latent size at "
+                                         "(>= this, as the original)")
+    latent_mask_resize: Literal["bilinear", "area"] = Field(
+        "bilinear", description="mask to latent size: plain bilinear (the original's torchvision 0.13 Resize on a "
+        "tensor, no antialias) or area-averaged (keeps thin defects' share; older anoplug default)")
     adaptive_reweighting: bool = Field(False, description="ARR: re-weight cross-attention of the 8 tokens (use for textures)")
     arr_radius: float = Field(0.25, ge=0.0, le=1.0, description="ARR dilation radius as a fraction of the latent side "
                               "at t=0.9T (8 px of 32 in the original)")
@@ -87,7 +114,8 @@ class AnomalyDiffusionParams(Params):
     mask_steps: int = Field(100, ge=1, le=1000, description="DDIM steps for mask synthesis")
     mask_eta: float = Field(1.0, ge=0.0, le=1.0, description="DDIM eta for mask synthesis")
     mask_guidance: float = Field(5.0, ge=1.0, le=30.0, description="classifier-free guidance for mask synthesis")
-    mask_threshold: float = Field(0.8, gt=0.0, lt=1.0, description="channel mean above this is anomalous")
+    mask_threshold: float = Field(0.9, gt=0.0, lt=1.0, description="decoded channel mean in [0,1] above this is "
+                                  "anomalous (the original's 0.8 on the raw [-1,1] decoder output)")
     mask_attempts: int = Field(8, ge=1, le=100, description="masks drawn per sample until one passes the border check")
     seed: int = Field(0, ge=0, le=2**31 - 1, description="seed of fit's draws (batches, augmentation, timesteps, noise, "
                       "templates); fit(seed=) overrides it")
@@ -383,8 +411,7 @@ class AnomalyDiffusion(LearnedGenerator):
         return {"loss": loss, "phase": "mask", "type": self.types[k]}
 
     def _latent_mask(self, pix_mask: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-        m = F.interpolate(pix_mask.float(), size=tuple(size), mode="area")
-        return (m > self.params.latent_mask_threshold).float()
+        return latent_mask(pix_mask, size, self.params.latent_mask_threshold, self.params.latent_mask_resize)
 
     # -- generation ---------------------------------------------------------------------------
     def sample(self, batch: Batch, rngs: Sequence[torch.Generator]) -> Samples:
@@ -442,7 +469,7 @@ class AnomalyDiffusion(LearnedGenerator):
                        eta=p.mask_eta, cond=cond, device=parts.device,
                        hooks=[ClassifierFreeGuidance(uncond[todo], p.mask_guidance, batched=True)])
             img = F.interpolate(parts.decode(z), size=(size, size), mode="bilinear", align_corners=False)
-            m = (img.mean(1, keepdim=True) > p.mask_threshold).float()
+            m = binarise_generated_mask(img, p.mask_threshold)
             ok = border_ok(m)
             for j, i in enumerate(todo):
                 attempts[i] += 1
