@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from anoplug_draem import augment
@@ -166,3 +167,25 @@ def test_composed_point_maps_equal_one_by_one() -> None:
         step = augment.FUNCS[name](step, torch.tensor([params]).reshape(1, -1))
     chained = augment.apply_chains(x.clone(), [run])
     assert torch.equal(chained, step)
+
+
+def test_brightness_draws_imgaugs_colour_space_and_order_per_sample():
+    """Review fix: imgaug's MultiplyAndAddToBrightness draws one of six colour spaces and the order of
+    multiply/add per image; the old code always used YCrCb luma, multiply first."""
+    import cv2
+    from anoplug_draem import augment
+
+    draws = [augment.sample_params("brightness", torch.Generator().manual_seed(i)) for i in range(200)]
+    assert {int(d[2]) for d in draws} == set(range(6)) and {d[3] for d in draws} == {0.0, 1.0}
+    assert [n for n, _ in augment.BRIGHTNESS_SPACES] == ["YCrCb", "HSV", "HLS", "Lab", "Luv", "YUV"]
+    x = torch.randint(0, 256, (1, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    outs = [augment.brightness(x, torch.tensor([[1.15, 12.0, float(k), 0.0]])) for k in range(6)]
+    assert len({o.numpy().tobytes() for o in outs}) == 6  # each colour space changes the image its own way
+    hsv_in = cv2.cvtColor(x[0].permute(1, 2, 0).numpy().copy(), cv2.COLOR_RGB2HSV)
+    hsv_out = cv2.cvtColor(outs[1][0].permute(1, 2, 0).numpy().copy(), cv2.COLOR_RGB2HSV)
+    v = hsv_in[..., 2].astype(int)
+    expect_v = np.clip(np.clip(np.round(v * 1.15), 0, 255) + 12, 0, 255)  # V multiplied, then 12 added
+    assert np.abs(hsv_out[..., 2].astype(int) - expect_v).max() <= 1  # up to the 8-bit round trip
+    mul_first = augment.brightness(x, torch.tensor([[1.2, 25.0, 0.0, 0.0]]))
+    add_first = augment.brightness(x, torch.tensor([[1.2, 25.0, 0.0, 1.0]]))
+    assert not torch.equal(mul_first, add_first)  # the drawn order matters: (y·m)+a ≠ (y+a)·m
