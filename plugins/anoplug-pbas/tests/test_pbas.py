@@ -170,3 +170,14 @@ def test_feature_view(toy) -> None:
     import matplotlib.pyplot as plt
 
     plt.close(fig)
+
+
+def test_default_training_length_follows_the_papers_epochs():
+    """Review fix: 640 epochs, not a fixed 5 000 steps (which matched no class: 5 k–31 k on MVTec AD)."""
+    from anoplug_pbas.pbas import PBAS, PBASParams
+
+    assert PBASParams().epochs == 640 and PBASParams().steps == 0
+    g = PBAS(**{**TINY, "steps": 0, "epochs": 2})
+    assert g.planned_steps(None, torch.zeros(6, 1)) == 2 * 2  # 6 images at batch 4: 2 steps per epoch
+    assert PBAS().planned_steps(None, torch.zeros(391, 1)) == 640 * 49  # MVTec's largest class at batch 8
+    assert g.planned_steps(7, torch.zeros(6, 1)) == 7

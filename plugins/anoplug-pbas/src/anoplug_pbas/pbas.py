@@ -64,7 +64,9 @@ class PBASParams(Params):
     dsc_hidden: int = Field(1024, ge=4, le=8192, description="hidden width of the discriminator (paper 1024)")
     lr: float = Field(1e-4, gt=0, le=1, description="Adam learning rate of the projection; the discriminator uses 2×")
     batch_size: int = Field(8, ge=1, le=512, description="training images per step (paper 8)")
-    steps: int = Field(5000, ge=0, le=10_000_000, description="training steps (paper: 640 epochs)")
+    epochs: int = Field(640, ge=1, le=100_000, description="training epochs (paper 640): steps = epochs · ⌈n / batch_size⌉ "
+                        "(5 k–31 k steps on MVTec AD's 60–391 training images per class)")
+    steps: int = Field(0, ge=0, le=10_000_000, description="training steps; 0 = follow epochs (fit(steps=...) overrides both)")
     seed: int = Field(0, ge=0, le=2**31 - 1, description="seed of weight init and batch order in fit")
 
     @field_validator("patch_size")
@@ -273,6 +275,14 @@ class PBAS(BackboneUser, LearnedFeatureGenerator):
             self.centres = build_centres([self.projection(feats[order[i:i + p.batch_size]])
                                           for i in range(0, n, p.batch_size)], p.centre_momentum)
         return feats
+
+    def planned_steps(self, steps: int | None, data: torch.Tensor) -> int:
+        """``fit(steps=)``, else the ``steps`` parameter, else the paper's epochs over this training set."""
+        if steps is not None:
+            return int(steps)
+        if self.params.steps:
+            return int(self.params.steps)
+        return self.params.epochs * math.ceil(len(data) / self.params.batch_size)
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         """Adam for the projection (lr, wd 1e-5) and AdamW for the discriminator (2·lr), as the reference."""
