@@ -260,3 +260,16 @@ def test_source_modes() -> None:
         paired.with_conditions(source_image=paired.image[:, :, :32])
     with pytest.raises(ValueError, match="conditions.boxes"):
         NSA().generate(paired.with_conditions(boxes=[[]] * 4), seed=0)
+
+
+def test_a_batch_of_one_without_a_source_is_an_error_not_a_self_paste():
+    """Review fix: with one image and no paired source the old code silently pasted from the image itself."""
+    from anoplug.conditions import ConditionError
+    from anoplug.testing import make_toy_batch
+
+    one = make_toy_batch(1, 64)
+    with pytest.raises(ConditionError, match="conditions.source_image"):
+        NSA().generate(one, seed=0)
+    paired = one.with_conditions(source_image=make_toy_batch(1, 64, seed=3).image)
+    assert NSA().generate(paired, seed=0).image.shape == one.image.shape
+    assert NSA(source="self").generate(one, seed=0).image.shape == one.image.shape

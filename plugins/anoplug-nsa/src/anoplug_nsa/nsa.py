@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
+from anoplug.conditions import ConditionError
 from anoplug.generator import Generator, Paper, Requires, Samples
 from anoplug.params import Params
 from anoplug.types import GOOD, Batch
@@ -168,6 +169,12 @@ class NSA(Generator):
 
     def _sample(self, batch: Batch, rngs: Sequence[torch.Generator], ctx: _Context) -> Samples:
         p = self.params
+        if len(batch) == 1 and not ctx.source_paired and p.source != "self":
+            # NSA pastes from *another* normal image; with one image and no paired source, the only
+            # candidate is the image itself, which is a different method (source="self")
+            raise ConditionError(f"{self.name}: a batch of one image has no other image to take patches from: "
+                                 "pass conditions.source_image (the drivers pair one), a larger batch, or "
+                                 "source='self' to paste from the image itself")
         H, W = batch.size
         out = Samples()
         for i, rng in enumerate(rngs):
