@@ -4,8 +4,9 @@ The numbers papers report depend on small conventions (how ties count, how the i
 score is pooled, how a resized ground truth is binarised, how PRO is sampled), so each
 is explicit here and documented in ``docs/evaluation.md``:
 
-- AUROC / AP follow scikit-learn exactly (ties form one threshold; AP is the step-wise
-  sum ``sum_k (R_k - R_{k-1}) P_k``, not an interpolated area).
+- AUROC / AP are scikit-learn's (``roc_auc_score``, ``average_precision_score``), as anomalib
+  computes them: ties form one threshold; AP is the step-wise sum ``sum_k (R_k - R_{k-1}) P_k``,
+  not an interpolated area.
 - F1-max is the maximum of ``2PR/(P+R)`` over the exact PR curve; the coarse
   AnomalyDiffusion variant (thresholds 0, 0.05, ..., 1) is :func:`f1_max_grid`.
 - The image score is the max of the anomaly map after a 21x21 mean filter (stride 1,
@@ -15,8 +16,9 @@ is explicit here and documented in ``docs/evaluation.md``:
   scores, PRO = mean per-component overlap, trapezoid of PRO over FPR up to 0.3
   (interpolated at the limit), divided by 0.3.
 
-Everything is vectorised numpy (sorting and cumulative sums); inputs may be numpy
-arrays or torch tensors.
+AU-PRO stays ours because its convention differs from anomalib's (which integrates the exact
+per-threshold curve): ours follows MVTec 3D-AD's 100 thresholds; with ``num_thresholds=1000`` it
+equals anomalib's ``AUPRO`` to 1e-4 (tested). Inputs may be numpy arrays or torch tensors.
 """
 
 from __future__ import annotations
@@ -62,50 +64,48 @@ def _scores_labels(scores: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
     return s, y
 
 
-def _binary_counts(scores: Any, labels: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """True and false positives at each distinct threshold, highest threshold first."""
-    s, y = _scores_labels(scores, labels)
-    order = np.argsort(-s, kind="mergesort")
-    s, y = s[order], y[order]
-    last_of_tie = np.r_[np.nonzero(np.diff(s))[0], s.size - 1]
-    tps = np.cumsum(y)[last_of_tie]
-    fps = (last_of_tie + 1) - tps
-    return tps, fps, s[last_of_tie]
-
-
-def _need_both_classes(tps: np.ndarray, fps: np.ndarray, what: str) -> None:
-    if tps.size == 0 or tps[-1] == 0 or fps[-1] == 0:
+def _both_classes(y: np.ndarray, what: str) -> None:
+    if y.size == 0 or y.min() == y.max():
         raise ValueError(f"{what} needs both positive and negative samples")
 
 
 def roc_curve(scores: Any, labels: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(fpr, tpr, thresholds) starting at (0, 0), one point per distinct score."""
-    tps, fps, thr = _binary_counts(scores, labels)
-    _need_both_classes(tps, fps, "ROC")
-    tpr = np.r_[0.0, tps / tps[-1]]
-    fpr = np.r_[0.0, fps / fps[-1]]
-    return fpr, tpr, np.r_[np.inf, thr]
+    """(fpr, tpr, thresholds) starting at (0, 0): scikit-learn's, with every threshold kept."""
+    from sklearn.metrics import roc_curve as sk_roc
+
+    s, y = _scores_labels(scores, labels)
+    _both_classes(y, "ROC")
+    fpr, tpr, thr = sk_roc(y, s, drop_intermediate=False)
+    return fpr, tpr, thr
 
 
 def auroc(scores: Any, labels: Any) -> float:
-    """Area under the ROC curve (ties count one half, as sklearn's ``roc_auc_score``)."""
-    fpr, tpr, _ = roc_curve(scores, labels)
-    return float(np.trapezoid(tpr, fpr))
+    """Area under the ROC curve: scikit-learn's ``roc_auc_score`` (ties count one half), anomalib's choice."""
+    from sklearn.metrics import roc_auc_score
+
+    s, y = _scores_labels(scores, labels)
+    _both_classes(y, "ROC")
+    return float(roc_auc_score(y, s))
 
 
 def pr_curve(scores: Any, labels: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(precision, recall, thresholds), highest threshold first, one point per distinct score."""
-    tps, fps, thr = _binary_counts(scores, labels)
-    _need_both_classes(tps, fps, "PR curve")
-    precision = tps / (tps + fps)
-    recall = tps / tps[-1]
-    return precision, recall, thr
+    """(precision, recall, thresholds), highest threshold first, one point per distinct score (scikit-learn's
+    curve without its appended (1, 0) end point)."""
+    from sklearn.metrics import precision_recall_curve
+
+    s, y = _scores_labels(scores, labels)
+    _both_classes(y, "PR curve")
+    precision, recall, thr = precision_recall_curve(y, s, drop_intermediate=False)
+    return precision[-2::-1], recall[-2::-1], thr[::-1]
 
 
 def average_precision(scores: Any, labels: Any) -> float:
-    """Step-wise AP = sum_k (R_k - R_{k-1}) P_k (sklearn's ``average_precision_score``)."""
-    precision, recall, _ = pr_curve(scores, labels)
-    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+    """Step-wise AP = sum_k (R_k - R_{k-1}) P_k: scikit-learn's ``average_precision_score``."""
+    from sklearn.metrics import average_precision_score
+
+    s, y = _scores_labels(scores, labels)
+    _both_classes(y, "PR curve")
+    return float(average_precision_score(y, s))
 
 
 def f1_max(scores: Any, labels: Any) -> float:
