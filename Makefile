@@ -48,5 +48,10 @@ lab: setup
 bench: setup
 	$(PY) benchmarks/run_all.py
 
+# docs/plugins.md from the installed plugins (measures generators missing from tools/plugin_timings.json)
+.PHONY: plugins-doc
+plugins-doc: setup
+	$(PY) tools/plugin_directory.py --measure
+
 clean:
 	rm -rf out .pytest_cache

@@ -532,10 +532,34 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_new_plugin(args: argparse.Namespace) -> int:
-    from anoplug.scaffold import new_plugin
+    from anoplug.scaffold import MissingExtraError, new_plugin, update_plugin
 
-    root = new_plugin(args.name, args.dir, title=args.title, category=args.category, learned=args.learned)
-    print(f"created {root}\nnext: pip install -e {root} && pytest {root}")
+    try:
+        if args.update:
+            if args.name:
+                raise ValueError("give either NAME (render a new plugin) or --update DIR, not both")
+            version = update_plugin(args.update)
+            print(f"updated {args.update} to template {version}; review with `git -C {args.update} diff`")
+            return 0
+        if not args.name:
+            raise ValueError("new-plugin needs NAME (or --update DIR to update a rendered plugin)")
+        root = new_plugin(args.name, args.dir, title=args.title, category=args.category, learned=args.learned,
+                          author=args.author, email=args.email, licence=args.licence,
+                          repository=args.repository, paper_url=args.paper_url)
+    except MissingExtraError as e:  # one line naming the extra, not an ImportError traceback
+        print(f"anoplug: error: {e}", file=sys.stderr)
+        return 2
+    print(f"created {root}\nnext: pip install -e {root} && pytest {root}\n"
+          f"later: commit it, then `anoplug new-plugin --update {root}` brings it up to a newer template")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Convert a finished ``generate`` tree: a Hugging Face parquet dataset or COCO instance annotations."""
+    from anoplug.data.export import export_coco, export_hf
+
+    summary = export_hf(args.tree, args.out) if args.format == "hf-datasets" else export_coco(args.tree, args.out)
+    print(summary.line())
     return 0
 
 
@@ -606,13 +630,28 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argpars
     sp.add_argument("--seed", type=int, default=0)
     handlers["demo"] = cmd_demo
 
-    sp = sub.add_parser("new-plugin", help="scaffold a plugin distribution that passes the conformance kit")
-    sp.add_argument("name", help="method name, e.g. my-method")
+    sp = sub.add_parser("new-plugin", help="render a plugin distribution from the copier template (passes the "
+                        "conformance kit), or --update one to a newer template")
+    sp.add_argument("name", nargs="?", help="method name, e.g. my-method")
     sp.add_argument("--dir", default="plugins", help="parent folder (default plugins/)")
     sp.add_argument("--title", default="")
-    sp.add_argument("--category", default="cutpaste")
+    sp.add_argument("--category", default="cutpaste", help="survey category (see `anoplug list`)")
     sp.add_argument("--learned", action="store_true", help="a learned method (fit: modules, training step, optimisers)")
+    sp.add_argument("--author", default="")
+    sp.add_argument("--email", default="")
+    sp.add_argument("--licence", default="Apache-2.0", help="SPDX licence (default Apache-2.0)")
+    sp.add_argument("--repository", default="", help="the plugin's source URL (its Homepage/Source)")
+    sp.add_argument("--paper-url", default="", help="the paper's URL")
+    sp.add_argument("--update", metavar="DIR", help="update the plugin rendered in DIR (a clean git work tree) to "
+                    "this anoplug's template, keeping your edits (docs/plugin_template.md)")
     handlers["new-plugin"] = cmd_new_plugin
+
+    sp = sub.add_parser("export", help="a generated tree as a Hugging Face parquet dataset or COCO annotations")
+    sp.add_argument("--tree", required=True, metavar="DIR", help="the --out of `anoplug generate` (or one category in it)")
+    sp.add_argument("--format", required=True, choices=("hf-datasets", "coco"),
+                    help="hf-datasets: parquet for datasets.load_dataset; coco: instance annotations (boxes, RLE masks)")
+    sp.add_argument("--out", required=True, metavar="PATH", help="a new folder (hf-datasets) or the JSON file (coco)")
+    handlers["export"] = cmd_export
 
     # Plugins add their own verbs (anoplug-asbench: bench, evaluate); a failing one shows in `anoplug plugins`.
     handlers.update(_registry().add_commands(sub))

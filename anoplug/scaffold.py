@@ -1,309 +1,231 @@
-"""``anoplug new-plugin NAME``: a ready-to-fill plugin distribution for third-party authors.
+"""``anoplug new-plugin``: render, and later update, a plugin distribution from a copier template.
 
-The rendered plugin registers one generator, passes the conformance kit as generated,
-and shows the sample/apply split every method follows (as a working toy method to
-replace); ``--learned`` renders a learned method on :class:`anoplug.learned.LearnedGenerator`.
-Both templates are rendered and tested in anoplug's own test suite.
+The template is ``anoplug/templates/plugin`` (``copier.yml`` plus ``template/``), shipped in the
+host wheel. A rendered plugin registers one generator and passes the conformance kit as
+generated; ``learned=True`` renders a learned method on :class:`anoplug.learned.LearnedGenerator`.
+
+Why a local git repository: copier can only *update* a project from a template that is a git
+repository with PEP 440 tags (it re-renders the old version, diffs it against the new one and
+applies the diff to the plugin, keeping the author's edits). An installed anoplug is a folder in
+site-packages, not a repository, so :func:`template_repo` mirrors the installed template into a
+small git repository (default ``~/.cache/anoplug/plugin-template``, or ``$ANOPLUG_TEMPLATE_REPO``)
+and tags it with the anoplug version (``v0.1.0``; a changed template under the same version gets
+``v0.1.0.post1``, ...). Rendering and updating both go through it, offline, so a plugin made with
+one anoplug is brought up to the template of the next with :func:`update_plugin`; the repository
+keeps every version it has seen, which is what the update diffs against.
 """
 
 from __future__ import annotations
 
-import json
 import keyword
+import os
 import re
+import shutil
+import subprocess
 import unicodedata
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from anoplug.specs import CATEGORIES
 
-_PYPROJECT = '''[build-system]
-requires = ["setuptools>=77"]
-build-backend = "setuptools.build_meta"
-
-[project]
-name = "anoplug-{name}"
-version = "0.1.0"
-description = {description_toml}
-readme = "README.md"
-requires-python = ">=3.10"
-keywords = ["anoplug-plugin"]
-dependencies = ["anoplug>=0.1,<2"]
-
-[project.entry-points.anoplug]
-{name_toml} = "anoplug_{mod}.plugin"
-
-[tool.setuptools.packages.find]
-where = ["src"]
-'''
-
-_PLUGIN = '''"""Entry point: registers the generator; imports nothing heavy (no torch)."""
-
-from anoplug import GeneratorSpec, hookimpl
+#: the template shipped with this anoplug (``copier.yml`` + ``template/``)
+TEMPLATE_DIR = Path(__file__).resolve().parent / "templates" / "plugin"
+#: environment variable naming the local template repository (default: under the user's cache)
+REPO_ENV = "ANOPLUG_TEMPLATE_REPO"
+_GIT_ID = ("-c", "user.name=anoplug", "-c", "user.email=anoplug@localhost", "-c", "commit.gpgsign=false",
+           "-c", "tag.gpgsign=false", "-c", "init.defaultBranch=main")
 
 
-@hookimpl
-def anoplug_generators() -> list[GeneratorSpec]:
-    return [GeneratorSpec({name_py}, "anoplug_{mod}.method:{cls}", title={title_py}, category={category_py})]
-'''
-
-_METHOD = '''"""{title_doc}.
-
-Replace this docstring with the paper's mechanism, step by step, and the code below
-with the method. Keep the split: ``sample`` draws every random choice from each
-sample's own generator; ``apply`` is pure and batched.
-"""
-
-from __future__ import annotations
-
-from collections.abc import Sequence
-from typing import Any
-
-import torch
-from pydantic import Field
-
-from anoplug.generator import Generator, Paper, Samples
-from anoplug.params import Params
-from anoplug.types import Batch
+class MissingExtraError(ImportError):
+    """An optional dependency of this command is not installed (the message names the extra)."""
 
 
-class {cls}Params(Params):
-    probability: float = Field(1.0, ge=0.0, le=1.0, description="chance that a sample gets an anomaly")
-    size: float = Field(0.2, gt=0.0, le=1.0, description="side of the square defect as a fraction of the image")
+class TemplateError(ValueError):
+    """Copier refused to render or update (dirty plugin tree, downgrade, not a rendered plugin, ...)."""
 
 
-class {cls}(Generator):
-    name = {name_py}
-    title = {title_py}
-    category = {category_py}
-    paper = Paper({title_py}, venue="", year=2025, url="https://example.org/your-paper")
-    Params = {cls}Params
-    preserves_outside_mask = True
-
-    def sample(self, batch: Batch, rngs: Sequence[torch.Generator]) -> Samples:
-        out = Samples()
-        for rng in rngs:
-            anomalous = bool(torch.rand(1, generator=rng) < self.params.probability)
-            yx = torch.rand(2, generator=rng).tolist()
-            out.append({{"anomalous": anomalous, "y": yx[0], "x": yx[1], "shade": float(torch.rand(1, generator=rng))}})
-        return out
-
-    def apply(self, batch: Batch, samples: Samples) -> Batch:
-        out = batch.clone()
-        h, w = batch.size
-        side = max(1, int(self.params.size * min(h, w)))
-        ys = torch.arange(h)[:, None]
-        xs = torch.arange(w)[None, :]
-        for i, s in enumerate(samples):  # one vectorised mask per sample (no per-pixel loop)
-            if not s["anomalous"]:
-                continue
-            y0, x0 = int(s["y"] * (h - side)), int(s["x"] * (w - side))
-            box = ((ys >= y0) & (ys < y0 + side) & (xs >= x0) & (xs < x0 + side)).float()
-            out.mask[i, 0] = box
-            out.label[i] = {name_py}
-        shade = torch.tensor([s["shade"] for s in samples])[:, None, None, None]
-        out.image = torch.where(out.mask.bool(), shade.expand_as(out.image), out.image)
-        return out
-'''
-
-_LEARNED = '''"""{title_doc}.
-
-Replace this docstring with the paper's mechanism, step by step, and the code below with
-the method. This template is a working learned method to start from: it learns the colour
-of real defects (``fit``) and paints it into a drawn or given region (``generate``).
-
-1. ``build``: create the modules (shapes may depend on the data), prepare the training data.
-2. ``optimizers`` / ``training_step``: the host's ``fit`` runs the loop, checkpoints, resumes.
-3. ``sample``: every random choice per sample, from the sample's own generator.
-4. ``apply``: pure and batched; reads per-sample conditions from ``batch.conditions``.
-"""
-
-from __future__ import annotations
-
-from collections.abc import Sequence
-from typing import Any
-
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
-from pydantic import Field
-
-from anoplug.generator import Paper, Requires, Samples
-from anoplug.learned import LearnedGenerator
-from anoplug.params import Params
-from anoplug.types import Batch
+def _copier() -> tuple[Any, type[Exception]]:
+    """The copier module and the error it raises for a refusal meant for the user."""
+    try:
+        import copier
+        from copier.errors import UserMessageError
+    except ImportError as e:
+        raise MissingExtraError("anoplug new-plugin needs copier, which is not installed: "
+                                "pip install 'anoplug[scaffold]'") from e
+    return copier, UserMessageError
 
 
-class {cls}Params(Params):
-    fit_steps: int = Field(50, ge=1, le=100_000, description="training steps")
-    lr: float = Field(0.05, gt=0.0, le=1.0, description="Adam learning rate")
-    batch_size: int = Field(256, ge=1, le=65_536, description="defect pixels per training step")
-    size: float = Field(0.25, gt=0.0, le=1.0, description="side of the drawn square region as a fraction of the image")
-    seed: int = Field(0, ge=0, description="seed of the weight init and the training draws")
+def _git(*args: str, cwd: Path | None = None) -> str:
+    if shutil.which("git") is None:
+        raise MissingExtraError("anoplug new-plugin needs git (copier renders and updates through it); install git")
+    r = subprocess.run(["git", *_GIT_ID, *args], cwd=cwd, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise TemplateError(f"git {' '.join(args)} failed in {cwd}: {(r.stderr or r.stdout).strip()}")
+    return r.stdout.strip()
 
 
-class Painter(nn.Module):
-    """The learned part: one defect colour (a stand-in for your generator network)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.colour = nn.Parameter(torch.full((3,), 0.5))
-
-
-class {cls}(LearnedGenerator):
-    name = {name_py}
-    title = {title_py}
-    category = {category_py}
-    paper = Paper({title_py}, venue="", year=2025, url="https://example.org/your-paper")
-    Params = {cls}Params
-    requires = Requires(fit=True, anomalies=True, accepts=("target_mask",))
-    preserves_outside_mask = True
-
-    def __init__(self, params: Any = None, **kw: Any) -> None:
-        super().__init__(params, **kw)
-        self.painter: Painter | None = None
-
-    # -- 1. modules and data ------------------------------------------------------------------
-    def build(self, normals: Batch | None, anomalies: Batch | None, generator: torch.Generator) -> torch.Tensor:
-        if anomalies is None or not bool(anomalies.mask.any()):
-            raise ValueError(f"{{self.name}}.fit needs real anomalies with masks")
-        self.painter = Painter()
-        inside = anomalies.mask.expand_as(anomalies.image) > 0
-        return anomalies.image.permute(0, 2, 3, 1)[inside.permute(0, 2, 3, 1)].view(-1, 3)  # defect pixels
-
-    def modules(self) -> dict[str, nn.Module]:
-        return {{"painter": self.painter}} if self.painter is not None else {{}}
-
-    def restore_config(self, config: dict[str, Any]) -> None:
-        self.painter = Painter()  # load() fills in the weights
-
-    # -- 2. training ----------------------------------------------------------------------------
-    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        return {{"painter": torch.optim.Adam(self.painter.parameters(), lr=self.params.lr)}}
-
-    def training_step(self, data: torch.Tensor, step: int, generator: torch.Generator) -> torch.Tensor:
-        idx = torch.randint(0, len(data), (self.params.batch_size,), generator=generator)
-        return F.mse_loss(self.painter.colour.expand(len(idx), -1), data[idx])
-
-    # -- 3. sampling ------------------------------------------------------------------------------
-    def sample(self, batch: Batch, rngs: Sequence[torch.Generator]) -> Samples:
-        out = Samples()
-        for rng in rngs:
-            yx = torch.rand(2, generator=rng).tolist()
-            out.append({{"y": yx[0], "x": yx[1], "strength": 0.6 + 0.4 * float(torch.rand(1, generator=rng))}})
-        return out
-
-    # -- 4. applying ------------------------------------------------------------------------------
-    def apply(self, batch: Batch, samples: Samples) -> Batch:
-        h, w = batch.size
-        mask = batch.conditions.target_mask
-        if mask is None:  # no target region given: a drawn square per sample
-            side = max(1, int(self.params.size * min(h, w)))
-            ys, xs = torch.arange(h)[:, None], torch.arange(w)[None, :]
-            boxes = []
-            for s in samples:
-                y0, x0 = int(s["y"] * (h - side)), int(s["x"] * (w - side))
-                boxes.append(((ys >= y0) & (ys < y0 + side) & (xs >= x0) & (xs < x0 + side)).float())
-            mask = torch.stack(boxes)[:, None]
-        strength = torch.tensor([s["strength"] for s in samples])[:, None, None, None]
-        with torch.no_grad():
-            colour = self.painter.colour.clamp(0, 1).view(1, 3, 1, 1)
-        painted = torch.lerp(batch.image, colour.expand_as(batch.image), strength)
-        out = batch.clone()
-        out.image = torch.lerp(batch.image, painted, mask)  # 0/1 weights: outside the mask bit-exact
-        out.mask = mask.clone()
-        out.label = [{name_py} if bool(m.any()) else "good" for m in mask]
-        return out
-'''
-
-_LEARNED_TEST = '''"""Conformance of the learned {name_doc} generator (anoplug's kit: fit, resume, save/load, conditions)."""
-
-from anoplug.testing import LearnedGeneratorConformance
-from anoplug_{mod}.method import {cls}
+def default_repo() -> Path:
+    """Where the local template repository lives: ``$ANOPLUG_TEMPLATE_REPO`` or the user's cache."""
+    if os.environ.get(REPO_ENV):
+        return Path(os.environ[REPO_ENV]).expanduser()
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "anoplug" / "plugin-template"
 
 
-class Test{cls}(LearnedGeneratorConformance):
-    generator_class = {cls}
-    params = {{"fit_steps": 5}}
-    bad_params = {{"lr": 0.0, "size": 2.0}}
-    entry_module = "anoplug_{mod}.plugin"
-    replay_needs_seeds = False  # every draw is in the sample records
-'''
-
-_TEST = '''"""Conformance of the {name_doc} generator (anoplug's kit)."""
-
-from anoplug.testing import GeneratorConformance
-from anoplug_{mod}.method import {cls}
+def _src(repo: Path) -> str:
+    """``repo`` as copier records it in ``_src_path``: ``~/...`` when under home, so the answers
+    file does not carry one machine's absolute home path."""
+    repo = repo.resolve()
+    try:
+        return "~/" + repo.relative_to(Path.home().resolve()).as_posix()
+    except ValueError:
+        return repo.as_posix()
 
 
-class Test{cls}(GeneratorConformance):
-    generator_class = {cls}
-    bad_params = {{"probability": 2.0, "size": 0.0}}
-    entry_module = "anoplug_{mod}.plugin"
-'''
+@contextmanager
+def _locked(repo: Path) -> Iterator[None]:
+    """Serialise syncs of one repository between processes (POSIX advisory lock; none elsewhere)."""
+    repo.parent.mkdir(parents=True, exist_ok=True)
+    with open(repo.parent / f".{repo.name}.lock", "w") as handle:
+        try:
+            import fcntl
 
-_README = '''# anoplug-{name}
-
-{title}: an [anoplug](https://github.com/anoplug/anoplug) plugin.
-
-- **Paper:** title, venue, year, link.
-- **Mechanism in five lines:** …
-- **Parameters:** see `anoplug info {name}`.
-- **Faithful / scaled down:** say exactly what differs from the official code and why.
-
-Install for development: `pip install -e .`; test: `pytest`.
-'''
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        except ImportError:  # pragma: no cover - Windows
+            pass
+        yield
 
 
-def _literal(text: str) -> str:
-    """``text`` as a double-quoted string literal valid in Python and in TOML.
+def _next_tag(version: str, tags: set[str]) -> str:
+    """``v<version>`` if free, else the next ``.postN`` of it (PEP 440: sorts after ``version``)."""
+    from packaging.version import Version
 
-    JSON escapes only the quote, the backslash and control characters, with escapes both
-    languages read the same way; titles with control characters are refused before this.
+    v = Version(version)
+    if f"v{v}" not in tags:
+        return f"v{v}"
+    pre = f"{v.pre[0]}{v.pre[1]}" if v.pre else ""
+    dev = f".dev{v.dev}" if v.dev is not None else ""
+    n = (v.post or 0) + 1
+    while f"v{v.base_version}{pre}.post{n}{dev}" in tags:
+        n += 1
+    return f"v{v.base_version}{pre}.post{n}{dev}"
+
+
+def template_repo(template_dir: str | Path = TEMPLATE_DIR, repo: str | Path | None = None) -> tuple[Path, str]:
+    """Mirror ``template_dir`` into the git repository ``repo`` and return ``(repo, tag)``.
+
+    Unchanged content keeps the tag of the last sync; changed content is committed and tagged
+    with the next version (see :func:`_next_tag`). Must be called under :func:`_locked`.
     """
-    return json.dumps(text, ensure_ascii=False)
+    from anoplug._version import __version__
+
+    template_dir, repo = Path(template_dir), Path(repo) if repo is not None else default_repo()
+    if not (template_dir / "copier.yml").is_file():
+        raise TemplateError(f"{template_dir} is not a copier template (no copier.yml)")
+    if (repo / ".git").is_dir() and not (repo / "copier.yml").is_file() or \
+            not (repo / ".git").is_dir() and repo.is_dir() and any(repo.iterdir()):
+        raise TemplateError(f"{repo} is not an anoplug template repository; refusing to overwrite it "
+                            f"(point ${REPO_ENV} at an empty or new directory)")
+    if not (repo / ".git").is_dir():
+        repo.mkdir(parents=True, exist_ok=True)
+        _git("init", "-q", cwd=repo)
+    for child in repo.iterdir():  # the tree becomes exactly the template's
+        if child.name != ".git":
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
+    shutil.copytree(template_dir, repo, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__", "*.py[co]"))
+    _git("add", "-A", cwd=repo)
+    has_head = subprocess.run(["git", "rev-parse", "-q", "--verify", "HEAD"], cwd=repo, capture_output=True).returncode == 0
+    if has_head and not _git("status", "--porcelain", cwd=repo):
+        at_head = _git("tag", "--points-at", "HEAD", cwd=repo).split()
+        if at_head:
+            from packaging.version import Version
+
+            return repo, max(at_head, key=lambda t: Version(t))
+    tag = _next_tag(__version__, set(_git("tag", cwd=repo).split()))
+    _git("commit", "-q", "--allow-empty", "-m", f"anoplug plugin template {tag}", cwd=repo)
+    _git("tag", tag, cwd=repo)
+    return repo, tag
 
 
-def _doc(text: str) -> str:
-    """``text`` safe inside a triple-quoted docstring (backslashes and quotes escaped)."""
-    return text.replace("\\", "\\\\").replace('"', '\\"')
-
-
-def new_plugin(name: str, directory: str | Path = "plugins", *, title: str = "", category: str = "cutpaste",
-               learned: bool = False) -> Path:
-    """Write ``<directory>/anoplug-<name>/`` and return its path; refuses to overwrite.
-
-    ``learned=True`` renders a learned method (``LearnedGenerator``: build, optimisers,
-    training step) and its learned-method conformance test instead of a procedural one.
-    """
+def check_answers(name: str, title: str, category: str) -> str:
+    """Validate the answers as the template's validators do (before anything is written); return the title."""
     if not re.fullmatch(r"[a-z][a-z0-9-]*", name):
         raise ValueError(f"plugin name {name!r} must be lowercase letters, digits and '-', starting with a letter")
     if category not in CATEGORIES:
         raise ValueError(f"unknown category {category!r}; known: {', '.join(CATEGORIES)}")
-    mod = name.replace("-", "_")
-    if keyword.iskeyword(mod):
+    if keyword.iskeyword(name.replace("-", "_")):
         raise ValueError(f"plugin name {name!r} is a Python keyword")
-    cls = "".join(part.capitalize() for part in name.split("-"))
-    root = Path(directory) / f"anoplug-{name}"
-    if root.exists():
-        raise FileExistsError(f"{root} already exists; not overwriting")
-    title = title or f"{cls} anomaly generator"
+    title = title or "".join(part.capitalize() for part in name.split("-")) + " anomaly generator"
     bad = [c for c in title if unicodedata.category(c)[0] == "C" or unicodedata.category(c) in ("Zl", "Zp")]
     if bad:
         raise ValueError(f"plugin title {title!r} must be one line of printable text (it holds {bad[0]!r})")
-    fmt = {"name": name, "mod": mod, "cls": cls, "title": title, "category": category,
-           # every value lands in Python and TOML source: rendered as literals, never pasted between quotes
-           "name_py": _literal(name), "title_py": _literal(title), "category_py": _literal(category),
-           "name_toml": _literal(name), "description_toml": _literal(f"{title} for anoplug"),
-           "title_doc": _doc(title), "name_doc": _doc(name)}
-    files = {
-        "pyproject.toml": _PYPROJECT, f"src/anoplug_{mod}/__init__.py": '"""{title_doc}."""\n',
-        f"src/anoplug_{mod}/plugin.py": _PLUGIN.replace("category={category_py})", "category={category_py}, needs_fit=True)")
-        if learned else _PLUGIN,
-        f"src/anoplug_{mod}/method.py": _LEARNED if learned else _METHOD,
-        f"tests/test_{mod}.py": _LEARNED_TEST if learned else _TEST, "README.md": _README,
-    }
-    for rel, template in files.items():
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(template.format(**fmt))
+    return title
+
+
+def _in_git_work_tree(path: Path) -> bool:
+    r = subprocess.run(["git", "rev-parse", "--is-inside-work-tree"], cwd=path, capture_output=True, text=True)
+    return r.returncode == 0 and r.stdout.strip() == "true"
+
+
+def new_plugin(name: str, directory: str | Path = "plugins", *, title: str = "", category: str = "cutpaste",
+               learned: bool = False, author: str = "", email: str = "", licence: str = "Apache-2.0",
+               repository: str = "", paper_url: str = "", template_dir: str | Path = TEMPLATE_DIR,
+               repo: str | Path | None = None, git_init: bool = True) -> Path:
+    """Render ``<directory>/anoplug-<name>/`` from the template and return its path; refuses to overwrite.
+
+    ``learned=True`` renders a learned method (``LearnedGenerator``: build, optimisers, training
+    step) and its learned-method conformance test instead of a procedural one. No prompts: every
+    answer comes from the arguments (empty ones take the template's defaults). Outside a git work
+    tree the plugin gets its own ``git init`` (copier updates need the plugin under git).
+    """
+    title = check_answers(name, title, category)
+    root = Path(directory) / f"anoplug-{name}"
+    if root.exists():
+        raise FileExistsError(f"{root} already exists; not overwriting")
+    copier, refused = _copier()
+    data: dict[str, Any] = {"name": name, "title": title, "category": category, "learned": learned,
+                            "author": author, "email": email, "licence": licence}
+    data.update({k: v for k, v in (("repository", repository), ("paper_url", paper_url)) if v})
+    repo = Path(repo) if repo is not None else default_repo()
+    with _locked(repo):
+        repo, tag = template_repo(template_dir, repo)
+        try:
+            copier.run_copy(_src(repo), root, data=data, defaults=True, vcs_ref=tag, quiet=True, unsafe=False)
+        except refused as e:
+            raise TemplateError(str(e)) from e
+    if git_init and not _in_git_work_tree(root):
+        _git("init", "-q", cwd=root)
     return root
+
+
+def update_plugin(path: str | Path, *, template_dir: str | Path = TEMPLATE_DIR, repo: str | Path | None = None,
+                  conflict: str = "inline") -> str:
+    """Bring the rendered plugin at ``path`` up to the newest template; return the version it is at now.
+
+    When the plugin was rendered from the local template repository, that repository is first
+    synced with ``template_dir`` (the installed anoplug's template). A plugin whose
+    ``.copier-answers.yml`` points elsewhere (a published template repository) updates to that
+    source's latest tag. The plugin must be a clean git work tree; the author's edits are kept
+    (overlapping edits become ``inline`` conflict markers, or ``.rej`` files).
+    """
+    copier, refused = _copier()
+    import yaml  # a dependency of copier
+
+    path = Path(path)
+    answers = path / ".copier-answers.yml"
+    if not answers.is_file():
+        raise TemplateError(f"{path} has no .copier-answers.yml: not a plugin rendered by anoplug new-plugin")
+    src = str((yaml.safe_load(answers.read_text()) or {}).get("_src_path", ""))
+    repo = Path(repo) if repo is not None else default_repo()
+    with _locked(repo):
+        vcs_ref = None
+        if src and Path(src).expanduser().resolve() == repo.resolve():
+            repo, vcs_ref = template_repo(template_dir, repo)
+        try:
+            copier.run_update(path, defaults=True, overwrite=True, vcs_ref=vcs_ref, quiet=True,
+                              conflict=conflict, unsafe=False, skip_answered=True)
+        except refused as e:
+            raise TemplateError(f"cannot update {path}: {e}") from e
+    return str(yaml.safe_load(answers.read_text()).get("_commit", ""))
