@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from anoplug_draem import augment
 from anoplug_draem.draem import Draem
 
+from anoplug import augment
 from anoplug.params import ParamError
 from anoplug.testing import GeneratorConformance, make_toy_batch
 
@@ -173,7 +173,8 @@ def test_brightness_draws_imgaugs_colour_space_and_order_per_sample():
     """Review fix: imgaug's MultiplyAndAddToBrightness draws one of six colour spaces and the order of
     multiply/add per image; the old code always used YCrCb luma, multiply first."""
     import cv2
-    from anoplug_draem import augment
+
+    from anoplug import augment
 
     draws = [augment.sample_params("brightness", torch.Generator().manual_seed(i)) for i in range(200)]
     assert {int(d[2]) for d in draws} == set(range(6)) and {d[3] for d in draws} == {0.0, 1.0}

@@ -21,11 +21,11 @@ from typing import Any, ClassVar
 import torch
 from pydantic import Field, model_validator
 
+from anoplug import augment
 from anoplug.generator import Generator, Paper, Samples
 from anoplug.noise import perlin_masks, sample_gradients
 from anoplug.params import Params
 from anoplug.types import GOOD, Batch
-from anoplug_draem import augment
 
 
 class DraemParams(Params):

@@ -1,5 +1,9 @@
 """DRAEM's ten texture augmenters on uint8 textures, batched, with per-sample parameters.
 
+Shared by every method that augments its anomaly sources as DRAEM's code does (DRAEM, MemSeg's
+structure source, ASBench's pipeline copies), so it lives in the host. ``brightness`` needs
+OpenCV (``opencv-python-headless``), imported when it runs.
+
 The original draws 3 of these imgaug augmenters without replacement and applies them in the
 drawn order to a uint8 texture (``data_loader.py``); imgaug returns uint8 after every step.
 So do we:
