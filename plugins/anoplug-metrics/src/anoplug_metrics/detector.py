@@ -3,7 +3,8 @@
 This is the detector of the AnomalyDiffusion / ASBench "localization" protocol: an image
 goes in (3 channels), a two-class softmax map comes out, and training mixes real normal
 images (empty masks) with synthetic anomalies (their masks). ``base_width`` 64 is the
-paper's size; CPU runs use a narrower network and say so.
+paper's size; CPU runs use a narrower network and say so. It is the ``ad-unet`` pipeline of
+:mod:`anoplug_metrics.pipelines`, which also holds ASBench's DRAEM, DeSTSeg and MemSeg detectors.
 """
 
 from __future__ import annotations

@@ -36,6 +36,16 @@ count is recorded in ``details``); across thread counts only the intervals carry
 Checkpoint selection never looks at the test set unless ``selection="best_on_test"`` is set
 on purpose -- that flag replicates the official scripts, which keep the epoch with the best
 *test* score and so inflate every number they report.
+
+**Pipelines.** ``pipeline`` picks the detector among ASBench's four (:mod:`anoplug_metrics.pipelines`):
+``ad-unet`` (the default, the U-Net above, numbers unchanged), ``draem``, ``destseg``, ``memseg``.
+Settings left at None take the pipeline's official values (``pipeline_scale="official"``) or its
+CPU scale (``"cpu"``). The metrics are computed the same way for every pipeline (the image score
+is the max of the 21x21-mean-filtered map), so pipelines compare on one scale; each pipeline's own
+image score (DeSTSeg / MemSeg: mean of the top pixels) is reported in ``details``. DRAEM and
+DeSTSeg learn from the clean image behind each synthetic one: ``sources`` (aligned with
+``generated``) gives it; otherwise it is found among the normals by ``meta["source"]`` or, failing
+that, as the normal closest outside the mask (``details["sources"]`` says which).
 """
 
 from __future__ import annotations
@@ -51,15 +61,15 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from scipy import stats
 
 from anoplug.evaluator import Evaluator, Metric, Report
-from anoplug.metrics import DETECTION_METRICS, binarize_resized_mask, detection_metrics
+from anoplug.metrics import DETECTION_METRICS, auroc, average_precision, binarize_resized_mask, detection_metrics
 from anoplug.params import Params
 from anoplug.seeding import sample_seed
 from anoplug.types import GOOD, Batch
-from anoplug_metrics.detector import predict_maps, train_detector
+from anoplug_metrics.pipelines import PIPELINES, SyntheticSet, match_sources, resolve_config, train_pipeline
 
 __all__ = ["DownstreamUtility", "UtilityParams", "t_interval", "repeat_seeds"]
 
@@ -98,15 +108,50 @@ def repeat_seeds(seed: int, repeats: int) -> list[int]:
     return [sample_seed(seed, r) for r in range(repeats)]
 
 
+def parse_pipeline_params(text: str) -> dict[str, object]:
+    """``"k=v,k=v"`` -> ``{k: v}``, each value read as bool, int, float or else kept as text."""
+    out: dict[str, object] = {}
+    for item in (t.strip() for t in text.split(",")):
+        if not item:
+            continue
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"pipeline_params item {item!r} is not key=value")
+        raw = raw.strip()
+        value: object = raw
+        if raw.lower() in ("true", "false"):
+            value = raw.lower() == "true"
+        else:
+            for conv in (int, float):
+                try:
+                    value = conv(raw)
+                    break
+                except ValueError:
+                    pass
+        out[key.strip()] = value
+    return out
+
+
 class UtilityParams(Params):
-    steps: int = Field(12500, ge=1, le=1_000_000,
-                       description="training steps (paper: 200 epochs x 500 samples / batch 8 = 12,500)")
-    batch_size: int = Field(8, ge=1, le=256, description="training batch size (paper 8)")
-    lr: float = Field(1e-4, gt=0.0, le=1.0, description="Adam learning rate; x0.2 at 80 % and 90 % of the steps")
-    base_width: int = Field(64, ge=2, le=128, description="U-Net base width (DRAEM: 64; CPU runs use 8)")
+    pipeline: Literal["ad-unet", "draem", "destseg", "memseg"] = Field(
+        "ad-unet", description="detection pipeline (ASBench's four); ad-unet = AnomalyDiffusion's U-Net")
+    pipeline_scale: Literal["official", "cpu"] = Field(
+        "official", description="values of the settings left at None: the pipeline's official ones or its CPU scale")
+    pipeline_params: str = Field("", description="further pipeline settings, key=value,key=value "
+                                                 "(e.g. backbone=resnet18,seg_width=64)")
+    steps: int | None = Field(None, ge=1, le=1_000_000,
+                              description="training steps (None: the pipeline's; ad-unet 200 epochs x 500 / 8 = 12,500)")
+    batch_size: int | None = Field(None, ge=1, le=256, description="training batch size (None: the pipeline's; ad-unet 8)")
+    lr: float | None = Field(None, gt=0.0, le=1.0,
+                             description="learning rate of ad-unet / draem (Adam, x0.2 at 80 % and 90 %) and memseg "
+                                         "(AdamW peak); None: the pipeline's (1e-4, 1e-4, 3e-3)")
+    base_width: int | None = Field(None, ge=2, le=128,
+                                   description="U-Net base width of ad-unet / draem (None: 64; CPU runs use 8)")
     size: int = Field(256, ge=32, le=1024, description="side training and test images are resized to (multiple of 32)")
     anomaly_prob: float = Field(0.5, ge=0.0, le=1.0, description="probability a training sample is a synthetic anomaly")
-    focal_gamma: float = Field(2.0, ge=0.0, le=10.0, description="focal loss gamma")
+    focal_gamma: float | None = Field(None, ge=0.0, le=10.0,
+                                      description="focal loss gamma (None: the pipeline's; 2 ad-unet / draem, "
+                                                  "4 destseg / memseg)")
     selection: Literal["last", "best_on_test"] = Field(
         "last", description="checkpoint: last step, or (replication only, inflates results) the best on the test set")
     eval_every: int = Field(0, ge=0, le=1_000_000, description="test evaluations for best_on_test (0 = every steps/10)")
@@ -125,12 +170,28 @@ class UtilityParams(Params):
             raise ValueError("size must be a multiple of 32 (the U-Net pools five times)")
         return v
 
+    @model_validator(mode="after")
+    def _pipeline_settings(self) -> UtilityParams:
+        self.pipeline_config()  # an unknown setting for this pipeline fails here, not after training
+        return self
+
+    def pipeline_settings(self) -> dict[str, object]:
+        """The pipeline settings this evaluator passes on (None = the pipeline's value)."""
+        return {"steps": self.steps, "batch_size": self.batch_size, "lr": self.lr, "base_width": self.base_width,
+                "focal_gamma": self.focal_gamma, **parse_pipeline_params(self.pipeline_params)}
+
+    def pipeline_config(self, anomaly_prob: float | None = None) -> object:
+        """The pipeline's resolved configuration at this evaluator's size (and ``anomaly_prob``)."""
+        return resolve_config(self.pipeline, self.pipeline_scale, size=self.size,
+                              anomaly_prob=self.anomaly_prob if anomaly_prob is None else anomaly_prob,
+                              **self.pipeline_settings())
+
 
 class DownstreamUtility(Evaluator):
     """Train a detector on normals + ``generated`` anomalies; test on ``real`` (held-out real defects and goods)."""
 
     name = "downstream-utility"
-    title = "Downstream utility (DRAEM U-Net on real defects)"
+    title = "Downstream utility (DRAEM U-Net or another ASBench pipeline on real defects)"
     Params = UtilityParams
 
     def _resize(self, x: torch.Tensor) -> torch.Tensor:
@@ -148,7 +209,21 @@ class DownstreamUtility(Evaluator):
         labels = np.array([lab != GOOD for lab in real.label], dtype=np.float64)
         return images, gts, labels
 
-    def evaluate(self, generated: Batch, *, normals: Batch | None = None, real: Batch | None = None) -> Report:
+    def _synthetic(self, generated: Batch, normals: Batch, sources: Batch | None) -> tuple[SyntheticSet, str]:
+        """The generated set at ``size`` with the clean image behind each sample when the pipeline needs it."""
+        images, masks = self._resize(generated.image), self._resize_mask(generated.mask)
+        if not PIPELINES[self.params.pipeline].needs_clean:
+            return SyntheticSet(images, masks), "not needed"
+        if sources is not None:
+            if len(sources) != len(generated):
+                raise ValueError(f"downstream-utility: {len(sources)} sources for {len(generated)} generated images")
+            return SyntheticSet(images, masks, self._resize(sources.image)), "given"
+        clean, how = match_sources(images, masks, self._resize(normals.image), generated.meta, normals.meta)
+        return SyntheticSet(images, masks, clean), how
+
+    def evaluate(self, generated: Batch, *, normals: Batch | None = None, real: Batch | None = None,
+                 sources: Batch | None = None) -> Report:
+        """``sources`` (optional): the normal each generated image was made from, aligned with ``generated``."""
         p = self.params
         if normals is None or len(normals) == 0:
             raise ValueError("downstream-utility needs `normals`: the real normal training images")
@@ -157,10 +232,12 @@ class DownstreamUtility(Evaluator):
         test_images, gts, labels = self._test_set(real)
         if labels.sum() == 0 or labels.sum() == len(labels):
             raise ValueError("downstream-utility: the real test set needs both good and defective images")
+        synthetic, paired = self._synthetic(generated, normals, sources)
+        cfg = p.pipeline_config()
         seeds = repeat_seeds(p.seed, p.repeats)
         per_repeat: list[dict] = []
         for r, s in enumerate(seeds):
-            chosen, chosen_step, info = self._run(normals, generated, test_images, gts, labels, p.anomaly_prob, s)
+            chosen, chosen_step, info = self._run(normals, synthetic, test_images, gts, labels, p.anomaly_prob, s)
             entry = {"repeat": r, "seed": s, "metrics": chosen, "selected_step": chosen_step, **info}
             if p.baseline:
                 base, cached = self._baseline(normals, real, test_images, gts, labels, s)
@@ -197,12 +274,16 @@ class DownstreamUtility(Evaluator):
                     paired=True)
         metrics.update(bounds)
 
+        steps = per_repeat[0]["steps"]
+        detector = (f"DRAEM DiscriminativeSubNetwork, base width {cfg.base_width}, {p.size}px, from scratch"
+                    if p.pipeline == "ad-unet" else f"{PIPELINES[p.pipeline].title}, {p.size}px ({p.pipeline_scale} scale)")
         details = {"repeats": per_repeat, "seeds": seeds, "confidence": p.confidence, "interval": "student-t",
-                   "torch_threads": torch.get_num_threads(), "steps": p.steps, "selection": p.selection,
+                   "torch_threads": torch.get_num_threads(), "steps": steps, "selection": p.selection,
                    "train_seconds": float(sum(e["train_seconds"] for e in per_repeat)),
                    "n_normals": len(normals), "n_generated": len(generated),
                    "n_test": len(real), "n_test_defective": int(labels.sum()),
-                   "detector": f"DRAEM DiscriminativeSubNetwork, base width {p.base_width}, {p.size}px, from scratch"}
+                   "detector": detector, "pipeline": p.pipeline, "pipeline_scale": p.pipeline_scale,
+                   "pipeline_config": per_repeat[0]["pipeline_config"], "sources": paired}
         if p.baseline:
             base_metrics: dict[str, float] = {}
             for k in DETECTION_METRICS:
@@ -214,37 +295,48 @@ class DownstreamUtility(Evaluator):
                                    "train_seconds": float(sum(e["baseline_train_seconds"] for e in per_repeat))}
         return Report(self.name, metrics, details=details)
 
-    def _run(self, normals: Batch, generated: Batch, test_images: torch.Tensor, gts: np.ndarray, labels: np.ndarray,
-             anomaly_prob: float, seed: int) -> tuple[dict, int, dict]:
+    def _run(self, normals: Batch, synthetic: SyntheticSet, test_images: torch.Tensor, gts: np.ndarray,
+             labels: np.ndarray, anomaly_prob: float, seed: int) -> tuple[dict, int, dict]:
         """Train one detector with ``seed`` and score it: (metrics, selected step, details)."""
         p = self.params
         t0 = time.perf_counter()
         history: list[dict] = []
         best: dict = {}
 
-        def on_eval(step: int, model: torch.nn.Module) -> None:
-            m = detection_metrics(predict_maps(model, test_images, device=p.device).numpy(), gts, labels, pixel_f1=p.pixel_f1)
+        def on_eval(step: int, detector) -> None:
+            m = detection_metrics(detector.predict(test_images)[0].numpy(), gts, labels, pixel_f1=p.pixel_f1)
             history.append({"step": step, **m})
             key = m["image_auroc"] + m["pixel_ap"]  # the DRAEM script's criterion
             if not best or key > best["key"]:
                 best.update(key=key, step=step, metrics=m)
 
-        model, losses = train_detector(
-            self._resize(normals.image), self._resize(generated.image), self._resize_mask(generated.mask),
-            steps=p.steps, batch_size=p.batch_size, lr=p.lr, base_width=p.base_width, anomaly_prob=anomaly_prob,
-            gamma=p.focal_gamma, seed=seed, device=p.device,
-            callback=on_eval if p.selection == "best_on_test" else None,
-            eval_every=(p.eval_every or max(p.steps // 10, 1)) if p.selection == "best_on_test" else 0)
+        cfg = p.pipeline_config(anomaly_prob)
+        steps = cfg.total_steps(len(normals)) if hasattr(cfg, "total_steps") else cfg.steps
+        selecting = p.selection == "best_on_test"
+        detector = train_pipeline(p.pipeline, self._resize(normals.image), synthetic, seed=seed, device=p.device,
+                                  scale=p.pipeline_scale, size=p.size, anomaly_prob=anomaly_prob,
+                                  callback=on_eval if selecting else None,
+                                  eval_every=(p.eval_every or max(steps // 10, 1)) if selecting else 0,
+                                  **p.pipeline_settings())
         train_s = time.perf_counter() - t0
-        final = detection_metrics(predict_maps(model, test_images, device=p.device).numpy(), gts, labels, pixel_f1=p.pixel_f1)
-        chosen, chosen_step = final, p.steps
-        if p.selection == "best_on_test":
-            if not history or history[-1]["step"] != p.steps:
-                on_eval(p.steps, model)
+        maps, scores = detector.predict(test_images)
+        final = detection_metrics(maps.numpy(), gts, labels, pixel_f1=p.pixel_f1)
+        chosen, chosen_step = final, steps
+        if selecting:
+            if not history or history[-1]["step"] != steps:
+                on_eval(steps, detector)
             chosen, chosen_step = best["metrics"], best["step"]
-        info = {"train_seconds": train_s, "history": history,
+        losses = [float(row["loss"]) for row in detector.history]
+        own = {}
+        for k, fn in (("image_auroc", auroc), ("image_ap", average_precision)):
+            try:
+                own[k] = float(fn(scores.numpy(), labels))
+            except ValueError:
+                own[k] = math.nan
+        info = {"train_seconds": train_s, "history": history, "steps": steps,
                 "loss_first": losses[0] if losses else None,
-                "loss_last": float(np.mean(losses[-20:])) if losses else None}
+                "loss_last": float(np.mean(losses[-20:])) if losses else None,
+                "pipeline_image_score": own, "pipeline_config": detector.config}
         return chosen, chosen_step, info
 
     def _baseline(self, normals: Batch, real: Batch, test_images: torch.Tensor, gts: np.ndarray, labels: np.ndarray,
@@ -267,7 +359,7 @@ class DownstreamUtility(Evaluator):
         key = h.hexdigest()
         cached = key in _BASELINES
         if not cached:
-            empty = Batch(image=normals.image[:0], mask=torch.zeros(0, 1, *normals.image.shape[-2:]), label=[])
+            empty = SyntheticSet.empty(self._resize(normals.image))
             chosen, step, info = self._run(normals, empty, test_images, gts, labels, 0.0, seed)
             _BASELINES[key] = {"metrics": chosen, "selected_step": step, "train_seconds": info["train_seconds"]}
             while len(_BASELINES) > _MAX_BASELINES:
