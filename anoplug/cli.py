@@ -153,6 +153,14 @@ def cmd_datasets(args: argparse.Namespace) -> int:
         defects = info.get("defects", ()) if isinstance(info, dict) else getattr(info, "defects", ())
         trows.append([name, kind, ", ".join(defects)])
     _print_table(trows, ["category", "kind", "real defects in test split"])
+    try:
+        from anoplug.data.toy import DIFFICULTIES
+    except ImportError:  # pragma: no cover - an older toy module
+        return 0
+    print("\ntoy defect difficulty (--data 'toy:NAME?difficulty=hard'; plain toy:NAME is easy, the original data;\n"
+          "knobs override a setting: 'toy:NAME?difficulty=hard&contrast=0.2'; the benchmark's default is hard):")
+    _print_table([[name, f"{d.contrast:g}", f"{d.scale:g}", f"{d.width:g}"] for name, d in DIFFICULTIES.items()],
+                 ["difficulty", "contrast", "scale", "width"])
     return 0
 
 

@@ -216,7 +216,7 @@ class Generator:
         if not isinstance(batch, Batch):
             raise BatchError(f"{self.name}.generate expects an anoplug.Batch, got {type(batch).__name__}")
         batch.validate()
-        if not self._fitted:
+        if not self.is_fitted:
             raise NotFittedError(f"generator {self.name!r} must be fitted (fit) or loaded (load) before generate")
         self.check_conditions(batch)
         if samples is not None:
@@ -270,7 +270,7 @@ class Generator:
 
     def config(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "host_version": host_version,
-                "params": self.params.model_dump(mode="json"), "fitted": self._fitted}
+                "params": self.params.model_dump(mode="json"), "fitted": self.is_fitted}
 
     def save(self, directory: str | Path) -> Path:
         """Write ``config.json`` and ``weights.safetensors`` (never pickle)."""

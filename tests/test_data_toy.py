@@ -129,3 +129,184 @@ def test_sample_sheet_tool_builds_a_grid() -> None:
     sheet = mod.make_sheet(size=32, tile=24)
     assert sheet.dtype == np.uint8 and sheet.ndim == 3
     assert sheet.shape[0] > len(CATEGORIES) * 24 and sheet.shape[1] > 6 * 24
+
+
+# -- difficulty of the "real" defects ------------------------------------------------------------------
+
+#: sha256 (first 16 hex) of image + mask bytes + captions, rendered before difficulty existed. Plain toy:CATEGORY
+#: is what tests, notebooks and shipped checkpoints were made on: a change here changes the data, not a detail.
+_EASY_DIGESTS = {
+    "fabric": "08c0ac5c17f58beb", "metal": "84668546590fd5c1", "wood": "0cf34da92196fa4a", "carpet": "e2edffe55b71e336",
+    "tile": "9cbb5f634967661c", "capsule": "648bd7fcda2a53ab", "nut": "c3e16ffd1486f822", "bottle": "f511084b7b7b570a",
+    "surface3d": "b03a158d0e0ee612", "tray": "1133488f7494a51d",
+}
+
+
+def _digest(b) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for t in (b.image, b.mask):
+        h.update(t.numpy().tobytes())
+    h.update("|".join(b.text).encode())
+    return h.hexdigest()[:16]
+
+
+@pytest.mark.parametrize("difficulty", [None, "easy", {"contrast": 1, "scale": 1.0, "width": 1}])
+def test_easy_is_the_original_data_byte_for_byte(difficulty) -> None:
+    for cat, info in CATEGORIES.items():
+        ds = ToyDataset(cat, split="test", size=64, length=1 + len(info["defects"]), difficulty=difficulty)
+        assert _digest(ds.all()) == _EASY_DIGESTS[cat], cat
+    assert _digest(ToyDataset("metal", split="test", size=128, length=10).all()) == "14f697b7f7f590b4"
+    assert "difficulty" not in ToyDataset("metal", split="test", size=32, length=2).all().meta[1]
+
+
+def _pair(label: str, size: int = 256, index: int = 1, **knobs):
+    """(good, defective at these knobs) of one test index: the same scene before the defect is drawn."""
+    from anoplug.data.toy import Difficulty
+
+    good = render_sample("metal", "test", index, size=size, label=GOOD)
+    return good, render_sample("metal", "test", index, size=size, label=label, difficulty=Difficulty(**knobs))
+
+
+@pytest.mark.parametrize("label", CATEGORIES["metal"]["defects"])
+def test_lower_contrast_moves_the_pixels_less_in_the_same_place(label: str) -> None:
+    change = []
+    for c in (1.0, 0.5, 0.25):
+        good, bad = _pair(label, contrast=c)
+        inside = bad.mask > 0
+        change.append(float(np.abs(bad.image - good.image).mean(-1)[inside].mean()))
+        if c == 1.0:
+            first_mask = bad.mask
+        assert np.array_equal(bad.mask, first_mask)  # the ground truth follows the geometry, not the contrast
+    assert change[0] > 1.6 * change[1] > 1.6 * 1.6 * change[2] > 0, (label, change)
+
+
+def test_contrast_scales_height_defects_too() -> None:
+    good = render_sample("surface3d", "test", 0, size=96, label=GOOD)
+    full = render_sample("surface3d", "test", 0, size=96, label="dent")
+    faint = render_sample("surface3d", "test", 0, size=96, label="dent", difficulty={"contrast": 0.25})
+    deep, shallow = (float((s.depth - good.depth)[s.mask > 0].mean()) for s in (full, faint))
+    assert shallow == pytest.approx(0.25 * deep, rel=0.02) and deep > 0
+
+
+def test_thinner_strokes_give_a_narrower_mask_of_the_same_extent() -> None:
+    for label in ("scratch", "contamination"):  # index 3: a scratch, and a fibre (the stroke kind of contamination)
+        (good, wide), (_, thin) = _pair(label, index=3, width=1.0), _pair(label, index=3, width=0.5)
+        # the mask is the stroke grown by a pixel each side, so halving the stroke narrows it by less than half
+        assert thin.mask.sum() < 0.9 * wide.mask.sum(), label
+        seen = [int((np.abs(s.image - good.image).max(-1) > 0.05).sum()) for s in (wide, thin)]
+        assert seen[1] < 0.8 * seen[0], (label, seen)  # what a detector can see shrinks more
+        box, thin_box = ([(v.min(), v.max()) for v in np.nonzero(s.mask)] for s in (wide, thin))
+        assert all(abs(p - q) <= 3 for bb, tb in zip(box, thin_box) for p, q in zip(bb, tb)), (label, box, thin_box)
+
+
+@pytest.mark.parametrize("label", ["hole", "stain", "scratch"])
+def test_smaller_scale_gives_a_smaller_defect(label: str) -> None:
+    area = {s: float(_pair(label, scale=s)[1].mask.sum()) for s in (1.0, 0.5)}
+    limit = 0.45 if label != "scratch" else 0.75  # an area shrinks with the square, a stroke with its length
+    assert 0 < area[0.5] < limit * area[1.0], (label, area)
+
+
+def test_named_difficulties_order_the_defects() -> None:
+    from anoplug.data.toy import DIFFICULTIES
+
+    easy, medium, hard = (DIFFICULTIES[k] for k in ("easy", "medium", "hard"))
+    assert easy.contrast == 1.0 > medium.contrast > hard.contrast > 0
+    for knob in ("scale", "width"):
+        assert getattr(easy, knob) == 1.0 > getattr(medium, knob) >= getattr(hard, knob) > 0
+    b = {k: ToyDataset("metal", split="test", size=64, length=5, difficulty=k).all() for k in ("easy", "hard")}
+    assert torch.equal(b["easy"].image[0], b["hard"].image[0])  # a good image is the same at every difficulty
+    assert b["hard"].mask[1:].sum() < b["easy"].mask[1:].sum()
+    assert all("faint" in t for t in b["hard"].text[1:]) and b["hard"].meta[1]["difficulty"] == "hard"
+    train = {k: ToyDataset("metal", split="train", size=32, length=3, difficulty=k).all() for k in ("easy", "hard")}
+    assert torch.equal(train["easy"].image, train["hard"].image)  # normals never change
+
+
+def test_hard_is_deterministic_per_sample() -> None:
+    ds = ToyDataset("capsule", split="test", size=64, seed=2, difficulty="hard")
+    again = ToyDataset("capsule", split="test", size=64, seed=2, difficulty="hard")
+    assert _digest(ds.batch([1, 2, 3])) == _digest(again.batch([1, 2, 3]))
+    assert torch.equal(ds.batch([3, 1]).image[1], ds.batch([1]).image[0])  # batch composition does not matter
+    assert not torch.equal(ds.batch([1]).image, ToyDataset("capsule", split="test", size=64, seed=3,
+                                                           difficulty="hard").batch([1]).image)
+
+
+def test_difficulty_in_the_data_spec() -> None:
+    from anoplug.data.toy import DIFFICULTIES, Difficulty
+
+    hard = open_dataset("toy:metal?difficulty=hard", split="test", size=32)
+    assert isinstance(hard, ToyDataset) and hard.difficulty == DIFFICULTIES["hard"] and hard.category == "metal"
+    assert hard.spec == "toy:metal?difficulty=hard" and open_dataset("toy:metal").spec == "toy:metal"
+    assert open_dataset("toy:metal").difficulty == DIFFICULTIES["easy"]
+    knobs = open_dataset("toy:metal?difficulty=hard&contrast=0.2", size=32)
+    assert knobs.difficulty == Difficulty(0.2, DIFFICULTIES["hard"].scale, DIFFICULTIES["hard"].width)
+    assert open_dataset("toy:metal?width=0.5", size=32).difficulty == Difficulty(1.0, 1.0, 0.5)
+    assert open_dataset(knobs.spec, size=32).difficulty == knobs.difficulty  # spec round trip
+    assert open_dataset("toy:metal", size=32, difficulty="medium").difficulty == DIFFICULTIES["medium"]
+    assert _digest(open_dataset("toy:metal?difficulty=hard", split="test", size=32).batch([1, 2])) == \
+        _digest(ToyDataset("metal", split="test", size=32, difficulty="hard").batch([1, 2]))
+
+
+@pytest.mark.parametrize("spec, match", [
+    ("toy:metal?difficulty=brutal", "unknown toy difficulty 'brutal'"),
+    ("toy:metal?contrast=1.5", "contrast must be a number in \\(0, 1\\]"),
+    ("toy:metal?scale=0", "scale must be a number"),
+    ("toy:metal?width=thin", "width must be a number"),
+    ("toy:metal?colour=red", "unknown option 'colour'"),
+    ("toy:metal?difficulty", "KEY=VALUE"),
+    ("toy:metal?difficulty=hard&difficulty=easy", "given twice"),
+    ("toy:?difficulty=hard", "names no category"),
+])
+def test_bad_difficulty_spec_is_named(spec: str, match: str) -> None:
+    with pytest.raises(DataError, match=match):
+        open_dataset(spec)
+
+
+def test_options_leave_datasets_without_options_alone() -> None:
+    from anoplug.data import split_options
+
+    assert split_options("/data/odd?name/bottle", ()) == ("/data/odd?name/bottle", {})
+    assert split_options("metal?difficulty=hard&width=0.5", ("difficulty", "width")) == \
+        ("metal", {"difficulty": "hard", "width": "0.5"})
+    with pytest.raises(DataError, match="also passed as a keyword"):
+        open_dataset("toy:metal?difficulty=hard", difficulty="easy")
+
+
+_ALLOWED_IMPORTS = {"__future__", "zlib", "collections", "collections.abc", "dataclasses", "functools", "numpy", "torch",
+                    "PIL", "scipy", "anoplug.data", "anoplug.data.base", "anoplug.data.toy_defects",
+                    "anoplug.data.toy_render", "anoplug.data.toy_tray", "anoplug.types"}
+
+
+def test_real_defect_renderer_shares_no_code_with_any_generator() -> None:
+    """Held-out defects must not be made by the processes generators use, or evaluation measures self-similarity.
+
+    No module of the renderer imports a plugin (``anoplug_*``) or host generator code (Perlin
+    noise, patch ops, the generator base): only numpy / scipy / PIL / torch and the toy modules.
+    Checked statically (every import statement) and at run time (a fresh interpreter renders
+    every difficulty and finds no plugin module loaded).
+    """
+    import ast
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import anoplug.data.toy as toy
+
+    folder = Path(toy.__file__).parent
+    for path in sorted(folder.glob("toy*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            for name in names:
+                root = name if name in _ALLOWED_IMPORTS else name.split(".")[0]
+                assert root in _ALLOWED_IMPORTS and not name.startswith("anoplug_"), (path.name, name)
+    code = ("import sys\nfrom anoplug.data.toy import render_sample, CATEGORIES\n"
+            "for d in ('easy', 'medium', 'hard'):\n"
+            "    for c, i in CATEGORIES.items():\n"
+            "        [render_sample(c, 'test', 1, size=32, label=lab, difficulty=d) for lab in i['defects']]\n"
+            "print(sorted(m for m in sys.modules if m.startswith('anoplug_') or m.startswith('anoplug.generator')"
+            " or 'perlin' in m))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={"OMP_NUM_THREADS": "1", "PATH": "", "HF_HUB_OFFLINE": "1"})
+    assert out.stdout.strip() == "[]", out.stdout

@@ -19,12 +19,22 @@ with any generator plugin (no Perlin masks, no pasted patches), so they can serv
 held-out real anomalies in evaluation. Every sample carries a one-sentence caption in
 ``Batch.text``. Normal samples of a category vary (placement, grain, lighting) but keep
 one look, as in MVTec AD, so a detector has a well-defined notion of "normal".
+
+How hard those defects are is a setting: ``ToyDataset("metal", split="test",
+difficulty="hard")`` or the spec ``toy:metal?difficulty=hard`` (named settings ``easy``,
+``medium``, ``hard``; or the knobs ``toy:metal?contrast=0.4&scale=0.7&width=0.6``, which
+override the named setting, ``easy`` by default). ``easy`` is the original dataset, byte
+for byte, and what plain ``toy:CATEGORY`` means; see :class:`~anoplug.data.toy_defects.Difficulty`.
+Only the defects change: normal images (all of the train split) are the same at every
+difficulty, and a defect sample keeps its place and shape, only fainter, smaller, thinner.
+The logical defects of ``tray`` (a part missing, extra, misplaced, swapped) have no
+contrast or width and ignore the setting.
 """
 
 from __future__ import annotations
 
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -33,10 +43,12 @@ from PIL import Image
 
 from anoplug.data import toy_defects as D
 from anoplug.data.base import DataError, Dataset
+from anoplug.data.toy_defects import DIFFICULTIES, Difficulty
 from anoplug.data.toy_render import Scene, fractal, grid, hexagon_sdf, noise, render_fabric, smooth_step
 from anoplug.types import GOOD, Batch
 
-__all__ = ["CATEGORIES", "DEFAULT_LENGTH", "ToyDataset", "ToySample", "render", "render_sample", "label_for"]
+__all__ = ["CATEGORIES", "DEFAULT_LENGTH", "DIFFICULTIES", "Difficulty", "ToyDataset", "ToySample", "render",
+           "render_sample", "label_for", "resolve_difficulty"]
 
 #: category -> kind ("texture" / "object" / "depth" / "logical"), defect labels, material phrase.
 CATEGORIES: dict[str, dict] = {
@@ -73,6 +85,46 @@ def _rng(category: str, split: str, index: int, seed: int) -> np.random.Generato
 def _check_category(category: str) -> None:
     if category not in CATEGORIES:
         raise DataError(f"unknown toy category {category!r}; choose one of: {', '.join(CATEGORIES)}")
+
+
+#: what ``toy:CATEGORY?KEY=VALUE`` accepts (``difficulty`` names a setting, the others override its knobs)
+DIFFICULTY_KEYS = ("difficulty", "contrast", "scale", "width")
+
+DifficultyLike = str | Difficulty | Mapping[str, object] | None
+
+
+def resolve_difficulty(value: DifficultyLike = None) -> Difficulty:
+    """A :class:`Difficulty` from a name (``"hard"``), a Difficulty, or a mapping of ``DIFFICULTY_KEYS``.
+
+    In a mapping, ``difficulty`` (default ``"easy"``) names the base setting and ``contrast``,
+    ``scale``, ``width`` (numbers, or their text as in a spec) override its factors.
+    """
+    if value is None:
+        return DIFFICULTIES["easy"]
+    if isinstance(value, Difficulty):
+        return value
+    if isinstance(value, str):
+        if value not in DIFFICULTIES:
+            raise DataError(f"unknown toy difficulty {value!r}; choose one of: {', '.join(DIFFICULTIES)}")
+        return DIFFICULTIES[value]
+    if not isinstance(value, Mapping):
+        raise DataError(f"difficulty must be a name ({', '.join(DIFFICULTIES)}), a Difficulty or a mapping, "
+                        f"got {type(value).__name__}")
+    bad = [k for k in value if k not in DIFFICULTY_KEYS]
+    if bad:
+        raise DataError(f"unknown toy difficulty option {bad[0]!r}; known: {', '.join(DIFFICULTY_KEYS)}")
+    base = resolve_difficulty(value.get("difficulty", "easy"))  # type: ignore[arg-type]
+    knobs = {"contrast": base.contrast, "scale": base.scale, "width": base.width}
+    for k in ("contrast", "scale", "width"):
+        if k in value:
+            try:
+                knobs[k] = float(value[k])  # type: ignore[arg-type]
+            except (TypeError, ValueError):
+                raise DataError(f"toy difficulty {k} must be a number in (0, 1], got {value[k]!r}") from None
+    try:
+        return Difficulty(**knobs)
+    except ValueError as e:
+        raise DataError(f"toy difficulty: {e}") from None
 
 
 def label_for(category: str, split: str, index: int, defects: Sequence[str] | None = None) -> str:
@@ -279,9 +331,14 @@ class ToySample:
 
 
 def render_sample(category: str, split: str = "train", index: int = 0, seed: int = 0, size: int = 256,
-                  label: str | None = None) -> ToySample:
-    """Render one sample as arrays; ``label`` overrides the default label of ``index``."""
+                  label: str | None = None, difficulty: DifficultyLike = None) -> ToySample:
+    """Render one sample as arrays; ``label`` overrides the default label of ``index``.
+
+    ``difficulty`` (default ``"easy"``, the original data) sets how visible a defect is; a
+    good sample is the same at every difficulty.
+    """
     _check_category(category)
+    diff = resolve_difficulty(difficulty)
     if split not in _SPLITS:
         raise DataError(f"unknown split {split!r}; use 'train' or 'test'")
     if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size < 16:
@@ -301,7 +358,7 @@ def render_sample(category: str, split: str = "train", index: int = 0, seed: int
         scene, phrase = render_tray(rng, draw, label)
     else:
         scene = _RENDER[category](rng, draw)
-        phrase = "" if label == GOOD else D.apply_defect(label, rng, scene, category)
+        phrase = "" if label == GOOD else D.apply_defect(label, rng, scene, category, diff)
     image, depth = scene.finish()
     mask = (scene.mask > 0.5).astype(np.float32)
     obj = scene.object_mask
@@ -311,11 +368,13 @@ def render_sample(category: str, split: str = "train", index: int = 0, seed: int
         obj = None if obj is None else (_shrink(obj, size) >= 0.5).astype(np.float32)
         mask = (_shrink(mask, size) > 0.2).astype(np.float32)  # a defect pixel stays a defect pixel
     text = _GOOD_CAPTION[category] if label == GOOD else f"{phrase} {D.preposition(label)} {info['material']}"
+    meta = {"source": f"toy:{category}/{split}/{index}", "category": category, "split": split, "index": index,
+            "seed": seed}
+    if not diff.is_easy and label != GOOD and category != "tray":  # the original records stay as they were
+        meta["difficulty"] = diff.label()
     return ToySample(image=image, mask=mask, label=label, text=text,
                      object_mask=obj if info["kind"] in ("object", "logical") else None,
-                     depth=depth if scene.depth_output else None,
-                     meta={"source": f"toy:{category}/{split}/{index}", "category": category, "split": split,
-                           "index": index, "seed": seed})
+                     depth=depth if scene.depth_output else None, meta=meta)
 
 
 def _shrink(a: np.ndarray, size: int) -> np.ndarray:
@@ -348,9 +407,9 @@ def _to_batch(samples: Sequence[ToySample]) -> Batch:
 
 
 def render(category: str, split: str = "train", index: int = 0, seed: int = 0, size: int = 256,
-           label: str | None = None) -> Batch:
+           label: str | None = None, difficulty: DifficultyLike = None) -> Batch:
     """Render one sample as a :class:`Batch` of one (deterministic in all arguments)."""
-    return _to_batch([render_sample(category, split, index, seed, size, label)])
+    return _to_batch([render_sample(category, split, index, seed, size, label, difficulty)])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -361,14 +420,20 @@ class ToyDataset(Dataset):
     """``ToyDataset("metal", split="test")``: the embedded dataset of one category.
 
     ``length`` defaults to :data:`DEFAULT_LENGTH`; ``defects`` restricts the test split to
-    some defect types (in the given order). Samples are rendered on demand, never stored.
+    some defect types (in the given order); ``difficulty`` (``"easy"``, ``"medium"``,
+    ``"hard"``, a :class:`Difficulty` or a mapping of its knobs) sets how visible the defects
+    are. Samples are rendered on demand, never stored.
     """
 
     scheme = "toy"
+    #: the ``toy:CATEGORY?KEY=VALUE&...`` options :func:`anoplug.data.open_dataset` passes on
+    options = DIFFICULTY_KEYS
 
     def __init__(self, category: str, split: str = "train", size: int = 256, seed: int = 0,
-                 length: int | None = None, defects: Sequence[str] | None = None) -> None:
+                 length: int | None = None, defects: Sequence[str] | None = None,
+                 difficulty: DifficultyLike = None) -> None:
         _check_category(category)
+        self.difficulty = resolve_difficulty(difficulty)
         if split not in _SPLITS:
             raise DataError(f"unknown split {split!r} for toy:{category}; use 'train' or 'test'")
         if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size < 16:
@@ -387,7 +452,29 @@ class ToyDataset(Dataset):
 
     @classmethod
     def open(cls, rest: str, *, split: str = "train", size: int = 256, **kw) -> ToyDataset:
+        """``rest`` is the category; spec options (``difficulty``, ``contrast``, ``scale``, ``width``) come in ``kw``."""
+        knobs = {k: kw.pop(k) for k in DIFFICULTY_KEYS if k in kw and k != "difficulty"}
+        if knobs:
+            base = kw.pop("difficulty", None)
+            if isinstance(base, Difficulty):
+                base = {"contrast": base.contrast, "scale": base.scale, "width": base.width}
+            elif isinstance(base, Mapping):
+                base = dict(base)
+            else:
+                base = {"difficulty": "easy" if base is None else base}
+            kw["difficulty"] = {**base, **knobs}
         return cls(rest.strip("/"), split=split, size=size, **kw)
+
+    @property
+    def spec(self) -> str:
+        """The data source that reopens this dataset: ``toy:metal``, or ``toy:metal?difficulty=hard``."""
+        d = self.difficulty
+        if d.is_easy:
+            return f"toy:{self.category}"
+        name = d.label()
+        if name in DIFFICULTIES:
+            return f"toy:{self.category}?difficulty={name}"
+        return f"toy:{self.category}?contrast={d.contrast:g}&scale={d.scale:g}&width={d.width:g}"
 
     def __len__(self) -> int:
         return self.length
@@ -403,7 +490,10 @@ class ToyDataset(Dataset):
         for i in idx:
             if not 0 <= i < len(self):
                 raise IndexError(f"index {i} out of range for toy:{self.category} {self.split} ({len(self)} samples)")
-        return _to_batch([render_sample(self.category, self.split, i, self.seed, self.size, self.label(i)) for i in idx])
+        return _to_batch([render_sample(self.category, self.split, i, self.seed, self.size, self.label(i),
+                                        self.difficulty) for i in idx])
 
     def __repr__(self) -> str:
-        return f"ToyDataset({self.category!r}, split={self.split!r}, size={self.size}, seed={self.seed}, length={self.length})"
+        diff = "" if self.difficulty.is_easy else f", difficulty={self.difficulty.label()!r}"
+        return (f"ToyDataset({self.category!r}, split={self.split!r}, size={self.size}, seed={self.seed}, "
+                f"length={self.length}{diff})")

@@ -114,6 +114,16 @@ def test_parse_data() -> None:
         parse_data("metal")
 
 
+def test_parse_data_options_apply_to_every_category() -> None:
+    from anoplug_asbench.bench import data_label
+
+    assert parse_data("toy:metal?difficulty=hard") == ["toy:metal?difficulty=hard"]
+    assert parse_data("toy:metal,wood?difficulty=hard&width=0.4") == ["toy:metal?difficulty=hard&width=0.4",
+                                                                      "toy:wood?difficulty=hard&width=0.4"]
+    assert data_label("toy:metal") == "metal" and data_label("mvtec:/d/mvtec/bottle") == "bottle"
+    assert data_label("toy:metal?difficulty=hard&width=0.4") == "metal[difficulty=hard,width=0.4]"
+
+
 def test_bench_end_to_end(registry: Any, tmp_path: Any) -> None:
     cfg = BenchConfig(generators=["tiny-dark", "tiny-dark+cutpaste"] if _has("cutpaste") else ["tiny-dark"],
                       data=["toy:metal"], seeds=[0, 1], out=str(tmp_path / "b"), size=32, n_train=6, n_test=20,

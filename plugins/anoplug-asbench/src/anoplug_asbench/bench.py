@@ -19,7 +19,14 @@ For every category of ``--data`` the engine
 
 ASBench's other axes ride on the same engine: ``ratios`` sweeps the per-sample synthetic
 probability p of the detector's training set, and a generator named ``a+b`` is the equal
-mixture of ``a`` and ``b`` (this plugin's ``hybrid`` generator).
+mixture of ``a`` and ``b`` (this plugin's ``hybrid`` generator; ``--preset asbench-hybrids``
+names ASBench's 11, :mod:`anoplug_asbench.presets`).
+
+Learned generators, alone or as hybrid members, are fitted once per category on the
+training normals and — for the few-shot ones that learn from real defects, such as
+AnomalyDiffusion — on the *reference shots*, never on the held-out test set; a fitted member
+is shared by every hybrid and seed of the category. ``load`` (``--load NAME=DIR``) uses a
+saved one instead. :data:`CPU_GENERATOR_PARAMS` is the bench's CPU profile for them.
 
 An evaluator may report a confidence interval of a metric ``m`` as two more metrics,
 ``m_ci_low`` and ``m_ci_high`` (``downstream-utility`` does over its repeats); ``results.md``
@@ -40,14 +47,22 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["BenchConfig", "BenchError", "run_bench", "split_shots", "spearman", "parse_data", "CPU_UTILITY",
-           "DEFAULT_EVALUATORS", "write_outputs"]
+__all__ = ["BenchConfig", "BenchError", "run_bench", "split_shots", "spearman", "parse_data", "data_label", "CPU_UTILITY",
+           "CPU_GENERATOR_PARAMS", "DEFAULT_EVALUATORS", "write_outputs"]
 
 DEFAULT_EVALUATORS = ("mask-precision", "ic-lpips", "kid", "downstream-utility")
 #: The CPU-sized downstream detector the bench uses by default (the paper's values are the evaluator's defaults).
 CPU_UTILITY: dict[str, Any] = {"steps": 300, "base_width": 8, "lr": 1e-3, "batch_size": 8}
 #: Evaluator params the bench sets so a CPU run stays within minutes (overridable per evaluator).
 CPU_OVERRIDES: dict[str, dict[str, Any]] = {"ic-lpips": {"resize": 0}, "kid": {"subsets": 100}}
+#: Generator params the bench sets for learned methods so a fit stays within CPU minutes (``--gen-param`` overrides;
+#: ``--fit-steps`` sets the main phase). AnomalyDiffusion: 500 + 150 x types fit steps (paper: 2000 + 30001 x types),
+#: 50 / 25 DDIM steps (paper: 200 / 100) on the bundled 64-px base model.
+CPU_GENERATOR_PARAMS: dict[str, dict[str, Any]] = {
+    # use_all_anomalies: train on every reference shot (the first third of each type, the original's split) rather
+    # than the first third of those again; the held-out test set stays untouched either way
+    "anomalydiffusion": {"fit_steps": 500, "mask_fit_steps": 150, "steps": 50, "mask_steps": 25, "use_all_anomalies": True},
+}
 PRIMARY_UTILITY = ("image_auroc", "pixel_ap", "au_pro")
 #: Part of every cache key: bump when how a sample is made changes (2: paired sources as the writer does;
 #: 3: made by anoplug.driver, with one torch thread as every executor uses).
@@ -76,19 +91,34 @@ class BenchConfig:
     evaluator_params: dict[str, dict] = field(default_factory=dict)
     fit_steps: int | None = None
     use_cache: bool = True
+    #: learned generator -> saved directory used instead of fitting (``{category}`` is expanded per category)
+    load: dict[str, str] = field(default_factory=dict)
 
 
 def parse_data(spec: str) -> list[str]:
-    """``toy:metal,wood`` -> [``toy:metal``, ``toy:wood``]; a bare later item reuses the first's folder."""
+    """``toy:metal,wood`` -> [``toy:metal``, ``toy:wood``]; a bare later item reuses the first's folder.
+
+    Options after ``?`` apply to every category: ``toy:metal,wood?difficulty=hard`` ->
+    [``toy:metal?difficulty=hard``, ``toy:wood?difficulty=hard``].
+    """
     scheme, sep, rest = spec.partition(":")
     if not sep or not rest:
         raise BenchError(f"--data {spec!r} must look like SCHEME:CATEGORY[,CATEGORY...], e.g. toy:metal,wood")
+    rest, q, query = rest.partition("?")
     items = [s.strip() for s in rest.split(",") if s.strip()]
     if not items:
         raise BenchError(f"--data {spec!r} names no category")
     first = items[0]
     parent = first.rsplit("/", 1)[0] + "/" if "/" in first else ""
-    return [f"{scheme}:{first}"] + [f"{scheme}:{it if '/' in it else parent + it}" for it in items[1:]]
+    tail = q + query
+    return [f"{scheme}:{first}{tail}"] + [f"{scheme}:{it if '/' in it else parent + it}{tail}" for it in items[1:]]
+
+
+def data_label(source: str) -> str:
+    """What results call a data source: its category, with its options: ``metal``, ``metal[difficulty=hard]``."""
+    rest, _, query = source.split(":", 1)[1].partition("?")
+    category = rest.rstrip("/").rsplit("/", 1)[-1]
+    return f"{category}[{query.replace('&', ',')}]" if query else category
 
 
 def split_shots(labels: Sequence[str], good: str = "good") -> tuple[list[int], list[int]]:
@@ -144,15 +174,81 @@ def _open(source: str, split: str, size: int, n: int | None) -> Any:
     return ds.batch(range(count))
 
 
-def _make_generator(name: str, params: dict) -> Any:
+def _needs_fit(name: str) -> bool:
+    from anoplug.registry import get_registry
+
+    return bool(get_registry().spec("generators", name).needs_fit)
+
+
+def _generator_params(cfg: BenchConfig, name: str) -> dict:
+    """The bench's CPU profile for ``name`` (learned methods only), overridden by ``--gen-param``."""
+    return {**CPU_GENERATOR_PARAMS.get(name, {}), **cfg.generator_params.get(name, {})}
+
+
+class Learned:
+    """The learned generators of one category, fitted (or loaded) once and shared by every run that uses them.
+
+    ``anomalies`` are the reference shots: real defects that never reach the detector's test set.
+    """
+
+    def __init__(self, cfg: BenchConfig, category: str, normals: Any, anomalies: Any) -> None:
+        self.cfg, self.category, self.normals, self.anomalies = cfg, category, normals, anomalies
+        self._trained: dict[str, Any] = {}
+
+    def load_dir(self, name: str) -> str | None:
+        d = self.cfg.load.get(name)
+        return None if d is None else d.replace("{category}", self.category)
+
+    def key(self, name: str) -> Any:
+        """What decides the fitted model: the loaded files, or the fit's inputs and settings."""
+        d = self.load_dir(name)
+        if d is not None:
+            return _load_key(d)
+        refs = [m.get("source") for m in self.anomalies.meta] if self.anomalies is not None else []
+        diff = [m.get("difficulty") for m in self.anomalies.meta] if self.anomalies is not None else []
+        return ["fit", name, _generator_params(self.cfg, name), self.cfg.fit_steps, refs, diff]
+
+    def get(self, name: str) -> Any:
+        import anoplug
+        from anoplug.registry import get_registry
+
+        if name not in self._trained:
+            d = self.load_dir(name)
+            if d is not None:
+                gen = get_registry().generator_class(name).from_pretrained(d)
+            else:
+                gen = anoplug.get_generator(name, **_generator_params(self.cfg, name))
+                anomalies = self.anomalies if gen.requires.anomalies else None
+                gen.fit(self.normals, anomalies, steps=self.cfg.fit_steps)
+            self._trained[name] = gen
+        return self._trained[name]
+
+
+def _load_key(d: str) -> list:
+    """A saved model's identity for the cache: its path and every file's size and modification time."""
+    root = Path(d)
+    files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else []
+    return ["load", d, [(str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns) for p in files]]
+
+
+def _members(name: str) -> list[str]:
+    return name.split("+") if "+" in name else [name]
+
+
+def _make_generator(name: str, params: dict, learned: Learned | None = None) -> Any:
     import anoplug
 
-    if "+" in name:  # ASBench hybrid: equal mixture of the named generators
-        return anoplug.get_generator("hybrid", members=",".join(name.split("+")), **params)
+    if "+" in name:  # ASBench hybrid: equal mixture of the named generators, learned ones fitted or loaded once
+        members = [learned.get(m) if learned is not None and "@" not in m and _needs_fit(m) else m
+                   for m in _members(name)]
+        return anoplug.get_generator("hybrid", members=members, **params)
+    if learned is not None and _needs_fit(name):
+        return learned.get(name)
     return anoplug.get_generator(name, **params)
 
 
-def generate_set(cfg: BenchConfig, name: str, seed: int, normals: Any, cache_dir: Path) -> tuple[Any, Any, float, bool]:
+def generate_set(cfg: BenchConfig, name: str, seed: int, normals: Any, cache_dir: Path,
+                 learned: Learned | None = None) -> tuple[Any, Any, float, bool]:
     """(generated, source normals, seconds, from_cache)."""
     from safetensors.torch import load_file, save_file
 
@@ -163,17 +259,19 @@ def generate_set(cfg: BenchConfig, name: str, seed: int, normals: Any, cache_dir
     params = cfg.generator_params.get(name, {})
     pool = InMemoryDataset(normals)
     source = pool.batch(source_indices(range(cfg.n_synthetic), len(pool)))  # what per-sample evaluators compare with
+    fitted = [_load_key(m.partition("@")[2]) if "@" in m else learned.key(m) for m in _members(name)
+              if "@" in m or (learned is not None and _needs_fit(m))]
     key = _hash(INPUTS_VERSION, name, params, seed, cfg.size, cfg.n_synthetic, [m.get("source") for m in normals.meta],
-                cfg.fit_steps)
-    path = cache_dir / f"{name}-seed{seed}-{key}.safetensors"
+                cfg.fit_steps, *([fitted] if fitted else []))
+    path = cache_dir / f"{name.replace('/', '_')}-seed{seed}-{key}.safetensors"
     if cfg.use_cache and path.is_file():
         t = load_file(str(path))
         labels = json.loads(path.with_suffix(".json").read_text())
         return Batch(image=t["image"], mask=t["mask"], label=labels), source, 0.0, True
     t0 = time.perf_counter()
-    gen = _make_generator(name, params)
+    gen = _make_generator(name, params, learned)
     if getattr(gen, "requires", None) is not None and getattr(gen.requires, "fit", False):
-        gen.fit(normals, steps=cfg.fit_steps)
+        gen.fit(normals, steps=cfg.fit_steps)  # without a Learned pool (direct calls): normals only
     out = generate_batch(gen, pool, range(cfg.n_synthetic), seed=seed)  # the writer's bytes for samples 0..n-1
     seconds = time.perf_counter() - t0
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -182,6 +280,48 @@ def generate_set(cfg: BenchConfig, name: str, seed: int, normals: Any, cache_dir
     path.with_suffix(".json").write_text(json.dumps(list(out.label)))
     tmp.replace(path)
     return out, source, seconds, False
+
+
+def _fitted_here(cfg: BenchConfig, reg: Any) -> set[str]:
+    """Learned generators (alone or as members) the bench fits itself: not ``NAME@DIR``, not in ``load``."""
+    return {m for g in cfg.generators for m in _members(g)
+            if "@" not in m and reg.spec("generators", m).needs_fit and m not in cfg.load}
+
+
+def _check_generators(cfg: BenchConfig, reg: Any) -> None:
+    """Every name, member and ``load`` entry resolvable before anything is generated or trained."""
+    for g in cfg.generators:
+        for part in _members(g):
+            name, _, ref = part.partition("@")
+            spec = reg.spec("generators", name)  # a LookupError naming an unknown (or not installed) generator
+            if ref:
+                cls = reg.generator_class(name)
+                if not spec.needs_fit:
+                    raise BenchError(f"{part}: {name} is procedural, there is nothing to load; write {name}")
+                if ref not in cls.pretrained and not (Path(ref) / "config.json").is_file():
+                    raise BenchError(f"{part}: {ref} is neither a directory written by {name}.save() nor a checkpoint "
+                                     f"{name} ships ({', '.join(cls.pretrained) or 'none'})")
+        if "+" in g:
+            reg.spec("generators", "hybrid")
+    for name, d in cfg.load.items():
+        if not reg.spec("generators", name).needs_fit:
+            raise BenchError(f"--load {name}={d}: {name} is procedural, there is nothing to load")
+        for source in cfg.data:
+            where = Path(d.replace("{category}", data_label(source).split("[", 1)[0]))
+            if not (where / "config.json").is_file():
+                raise BenchError(f"--load {name}={d}: no saved {name} in {where} (a directory written by save())")
+
+
+def _check_fit_data(cfg: BenchConfig, reg: Any, source: str, refs: Any) -> None:
+    """Learned generators that learn from real defects need reference shots with masks; say how to do without."""
+    for name in sorted(_fitted_here(cfg, reg)):
+        if not reg.generator_class(name).requires.anomalies:
+            continue
+        empty = [i for i in range(len(refs)) if not bool(refs.mask[i].any())]
+        if len(refs) == 0 or empty:
+            raise BenchError(f"{name} learns from real defects (fitted on the bench's reference shots), but the reference "
+                             f"shots of {source} {'are missing' if len(refs) == 0 else 'include defects without a mask'}; "
+                             f"pass --load {name}=DIR (a saved {name}) or drop the generators that use it")
 
 
 def _evaluate(cfg: BenchConfig, reg: Any, name: str, kind: str, seed: int, ratio: float | None, generated: Any,
@@ -212,11 +352,7 @@ def run_bench(cfg: BenchConfig, *, progress: bool = True, log: Callable[[str], N
     if not cfg.data:
         raise BenchError("bench needs at least one data source (--data toy:metal)")
     reg = get_registry()
-    for g in cfg.generators:
-        for part in g.split("+"):
-            reg.spec("generators", part)  # unknown names fail now, not after an hour
-        if "+" in g:
-            reg.spec("generators", "hybrid")
+    _check_generators(cfg, reg)  # unknown names, unloadable members fail now, not after an hour
     kinds = {e: reg.spec("evaluators", e).kind for e in cfg.evaluators}
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -227,17 +363,21 @@ def run_bench(cfg: BenchConfig, *, progress: bool = True, log: Callable[[str], N
     bar = tqdm(total=total, desc="bench", disable=not progress, unit="run")
     t_start = time.perf_counter()
     for source_name in cfg.data:
-        category = source_name.split(":", 1)[1].rstrip("/").rsplit("/", 1)[-1]
+        category = data_label(source_name)  # "metal", or "metal[difficulty=hard]" with options
+        cache_category = category.split("[", 1)[0]  # generated sets depend on the normals, which options do not change
         normals = _open(source_name, "train", cfg.size, cfg.n_train)
         test = _open(source_name, "test", cfg.size, cfg.n_test)
         ref_idx, held_idx = split_shots(test.label)
         if not ref_idx:
             raise BenchError(f"{source_name}: too few real defects to split off reference shots (need >= 3 per type)")
         refs, held_out = test[ref_idx], test[held_idx]
+        _check_fit_data(cfg, reg, source_name, refs)
+        learned = Learned(cfg, cache_category, normals, refs)
         for gname in cfg.generators:
             for seed in cfg.seeds:
                 bar.set_postfix_str(f"{category} {gname} seed {seed}")
-                generated, source, gen_s, cached = generate_set(cfg, gname, seed, normals, out / "cache" / category)
+                generated, source, gen_s, cached = generate_set(cfg, gname, seed, normals, out / "cache" / cache_category,
+                                                                learned)
                 run = {"category": category, "data": source_name, "generator": gname, "seed": seed,
                        "generate_seconds": gen_s, "from_cache": cached, "n_generated": len(generated), "evaluators": {}}
                 inputs = {"per_sample": {"normals": source}, "downstream": {"normals": normals, "real": held_out},
@@ -257,6 +397,7 @@ def run_bench(cfg: BenchConfig, *, progress: bool = True, log: Callable[[str], N
                 bar.update(1)
     bar.close()
     results = {"config": asdict(cfg), "cpu_utility_profile": CPU_UTILITY, "cpu_overrides": CPU_OVERRIDES,
+               "cpu_generator_params": {k: v for k, v in CPU_GENERATOR_PARAMS.items() if k in _fitted_here(cfg, reg)},
                "environment": _environment(), "seconds": time.perf_counter() - t_start, "rows": rows, "runs": runs}
     write_outputs(results, out)
     return results

@@ -1,6 +1,7 @@
 """The ``bench`` and ``evaluate`` sub-commands, added to the ``anoplug`` CLI through the ``anoplug_commands`` hook.
 
-    anoplug bench --generators draem,cutpaste,nsa --data toy:metal,wood --seeds 0,1,2 --out out/bench
+    anoplug bench --generators draem,cutpaste,nsa --data 'toy:metal?difficulty=hard' --seeds 0,1,2 --out out/bench
+    anoplug bench --preset asbench-hybrids --data 'toy:metal?difficulty=hard'
     anoplug evaluate --evaluator kid --generated out/gen/metal --real toy:metal
 """
 
@@ -62,6 +63,32 @@ def _params(items: list[str] | None, flag: str) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _loads(items: list[str] | None) -> dict[str, str]:
+    """``NAME=DIR`` items -> {NAME: DIR}."""
+    out: dict[str, str] = {}
+    for item in items or []:
+        name, sep, d = item.partition("=")
+        if not sep or not name.strip() or not d.strip():
+            raise BenchUsageError(f"--load {item!r} must look like NAME=DIR, e.g. anomalydiffusion=out/ad/{{category}}")
+        out[name.strip()] = d.strip()
+    return out
+
+
+def _generators(args: argparse.Namespace) -> list[str]:
+    """``--preset`` names first, then ``--generators`` (duplicates dropped)."""
+    from anoplug_asbench.presets import PRESETS
+
+    names: list[str] = []
+    for preset in args.preset or []:
+        if preset not in PRESETS:
+            raise BenchUsageError(f"unknown --preset {preset!r}; known: {', '.join(PRESETS)}")
+        names += PRESETS[preset]
+    names += _csv(args.generators or "")
+    if not names:
+        raise BenchUsageError("bench needs --generators a,b,c or --preset NAME (e.g. --preset asbench-hybrids)")
+    return list(dict.fromkeys(names))
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from anoplug_asbench.bench import BenchConfig, parse_data, run_bench
 
@@ -71,7 +98,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     for flag, v in (("--n-train", args.n_train), ("--n-synthetic", args.n_synthetic)):
         if v < 1:
             raise BenchUsageError(f"{flag} must be at least 1, got {v}")
-    cfg = BenchConfig(generators=_csv(args.generators), data=data,
+    cfg = BenchConfig(generators=_generators(args), data=data, load=_loads(args.load),
                       evaluators=_csv(args.evaluators) if args.evaluators else BenchConfig([], []).evaluators,
                       seeds=_ints(args.seeds, "--seeds"), out=args.out, size=args.size, n_train=args.n_train,
                       n_test=args.n_test, n_synthetic=args.n_synthetic,
@@ -153,8 +180,15 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     sp = sub.add_parser("bench", help="generators x evaluators on real data: utility, fidelity, diversity, masks",
                         description="Run every generator on each data category, evaluate, and write results.json, "
                                     "results.md and plots (the ASBench protocol on CPU-sized settings).")
-    sp.add_argument("--generators", required=True, help="comma-separated names; a+b is the equal hybrid of a and b")
-    sp.add_argument("--data", required=True, action="append", help="SCHEME:CATEGORY[,CATEGORY...], e.g. toy:metal,wood")
+    sp.add_argument("--generators", default="", help="comma-separated names; a+b is the equal hybrid of a and b; "
+                    "a learned member may be NAME@DIR (a saved one)")
+    sp.add_argument("--preset", action="append", help="a named generator set: asbench-hybrids (ASBench's 11 hybrids of "
+                    "fractal, draem, memseg, anomalydiffusion) or asbench-hybrid-study (the 4 members, then the 11)")
+    sp.add_argument("--data", required=True, action="append",
+                    help="SCHEME:CATEGORY[,CATEGORY...][?OPTIONS], e.g. toy:metal,wood or 'toy:metal?difficulty=hard' "
+                         "(the calibrated toy benchmark)")
+    sp.add_argument("--load", action="append", help="NAME=DIR: use a saved learned generator instead of fitting it "
+                    "on the reference shots ({category} in DIR is expanded; repeatable)")
     sp.add_argument("--evaluators", default="", help="comma-separated (default: mask-precision,ic-lpips,kid,downstream-utility)")
     sp.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
     sp.add_argument("--ratios", default="", help="ASBench synthetic probabilities p to sweep, e.g. 0.25,0.5,1")
@@ -165,7 +199,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--n-synthetic", type=int, default=64, help="synthetic anomalies per generator and seed (default 64)")
     sp.add_argument("--gen-param", action="append", help="GENERATOR.PARAM=VALUE (repeatable)")
     sp.add_argument("--eval-param", action="append", help="EVALUATOR.PARAM=VALUE (repeatable), e.g. kid.subsets=50")
-    sp.add_argument("--fit-steps", type=int, default=None, help="training steps for generators that need fitting")
+    sp.add_argument("--fit-steps", type=int, default=None, help="training steps for generators that need fitting "
+                    "(default: the bench's CPU profile, e.g. anomalydiffusion 500 + 150 per defect type)")
     sp.add_argument("--no-cache", action="store_true", help="regenerate even when a cached set exists")
     sp.add_argument("--quiet", action="store_true", help="no progress bar")
     sp.add_argument("--verbose", action="store_true", help="log every evaluation to stderr")
