@@ -52,23 +52,34 @@ def _run(cmd: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: 
     return r.stdout
 
 
-def _sources(tmp: Path) -> tuple[Path, Path]:
-    """Copies of the host and the plugin sources: building in place would write build/ and
-    *.egg-info into the shared checkout."""
-    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", "build", "dist", "*_partial")
+_IGNORE = shutil.ignore_patterns("__pycache__", "*.egg-info", "build", "dist", "*_partial")
+
+
+def _copy_host(tmp: Path) -> Path:
+    """A copy of the host's sources: building in place would write build/ and *.egg-info into the shared checkout."""
     host = tmp / "src" / "anoplug-host"
     host.mkdir(parents=True)
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(ROOT / name, host / name)
-    shutil.copytree(ROOT / "anoplug", host / "anoplug", ignore=ignore)
-    plugin = tmp / "src" / PLUGIN
-    shutil.copytree(ROOT / "plugins" / PLUGIN, plugin, ignore=ignore)
-    return host, plugin
+    shutil.copytree(ROOT / "anoplug", host / "anoplug", ignore=_IGNORE)
+    return host
 
 
-def _fresh_venv(tmp: Path) -> Path:
-    """A venv from the base interpreter that reuses the dev environment's packages, not its anoplug."""
-    venv = tmp / "venv"
+def _copy_plugin(tmp: Path, dist: str) -> Path:
+    """A copy of one plugin's sources (same reason as :func:`_copy_host`)."""
+    plugin = tmp / "src" / dist
+    shutil.copytree(ROOT / "plugins" / dist, plugin, ignore=_IGNORE)
+    return plugin
+
+
+def _sources(tmp: Path) -> tuple[Path, Path]:
+    """Copies of the host and the plugin sources."""
+    return _copy_host(tmp), _copy_plugin(tmp, PLUGIN)
+
+
+def _fresh_venv(tmp: Path, name: str = "venv") -> Path:
+    """A venv (``tmp/name``) from the base interpreter that reuses the dev environment's packages, not its anoplug."""
+    venv = tmp / name
     base = Path(sys.base_prefix) / "bin" / f"python{sys.version_info.major}.{sys.version_info.minor}"
     _run([str(base if base.exists() else sys.executable), "-m", "venv", "--without-pip", str(venv)], cwd=tmp)
     site = venv / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
@@ -134,3 +145,176 @@ def test_plugin_wheel_installs_alone_with_the_host_wheel_and_generates(tmp_path:
     # the wheel-installed host renders a plugin from its packaged template (no source tree involved)
     _run([str(venv / "bin" / "anoplug"), "new-plugin", "from-wheel", "--dir", str(tmp_path)], cwd=tmp_path, env=env)
     assert (tmp_path / "anoplug-from-wheel" / "src" / "anoplug_from_wheel" / "method.py").is_file()
+
+
+# -- every plugin, each alone -------------------------------------------------------------------
+#: run in each plugin's venv: argv = distribution, JSON of {kind: names} its plugin.py declares,
+#: JSON of the distributions expected. Prints one JSON report; the test asserts on it.
+_PROBE = r'''
+import argparse, json, sys, importlib.metadata as md
+from pathlib import Path
+
+dist, declared, expected = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
+venv = Path(sys.prefix)
+report = {"dists": sorted(d.metadata["Name"] for d in md.distributions() if d.metadata["Name"].startswith("anoplug")),
+          "outside": [], "status": {}, "ran": [], "skipped": {}, "failed": {}, "evaluators": []}
+import anoplug
+from anoplug.registry import get_registry
+
+reg = get_registry()
+reg.add_commands(argparse.ArgumentParser().add_subparsers())  # plugin verbs are registered (and checked) here
+report["status"] = {st.name: {**st.to_dict(), "traceback": st.traceback[-1500:]} for st in reg.status.values()}
+mine = [st for st in reg.status.values() if st.distribution == dist]
+names = {k: [n for st in mine for n in st.provides.get(k, [])] for k in declared}
+report["provides"] = names
+mods = {anoplug.__name__: anoplug.__file__}
+batch = None
+for name in names.get("generators", []):
+    try:
+        cls = reg.generator_class(name)
+        mods[cls.__module__] = sys.modules[cls.__module__].__file__
+        if cls.level == "feature":
+            report["skipped"][name] = "feature-level (generate_features, no images)"
+            continue
+        if cls.requires.fit and not cls.pretrained:
+            report["skipped"][name] = "learned, ships no weights (needs fit)"
+            continue
+        gen = cls.from_pretrained() if cls.requires.fit else cls()
+        if batch is None:
+            from anoplug.data import open_dataset
+            batch = open_dataset("toy:metal", split="train", size=64).batch([0, 1])
+        out = gen.generate(batch, seed=0)
+        shapes = (tuple(out.image.shape), tuple(out.mask.shape), len(out.label))
+        if shapes != ((2, 3, 64, 64), (2, 1, 64, 64), 2):
+            raise AssertionError(f"unexpected output shapes {shapes}")
+        report["ran"].append(name)
+    except BaseException as e:  # a finding, reported with the others
+        import traceback
+        report["failed"][name] = f"{type(e).__name__}: {e}\n" + traceback.format_exc()[-1500:]
+for name in names.get("evaluators", []):
+    try:
+        cls = reg.load_spec("evaluators", name)  # imports its module from the wheel; nothing is computed
+        mods[cls.__module__] = sys.modules[cls.__module__].__file__
+        report["evaluators"].append(name)
+    except BaseException as e:
+        report["failed"][name] = f"{type(e).__name__}: {e}"
+report["outside"] = [f"{m}: {f}" for m, f in mods.items() if not Path(f).resolve().is_relative_to(venv.resolve())]
+print(json.dumps(report))
+'''
+
+
+def _plugin_dists() -> list[str]:
+    return sorted(p.name for p in (ROOT / "plugins").glob("anoplug-*") if (p / "pyproject.toml").is_file())
+
+
+def _project(dist: str) -> dict:
+    import tomllib
+
+    return tomllib.loads((ROOT / "plugins" / dist / "pyproject.toml").read_text())["project"]
+
+
+def _declared(dist: str) -> dict[str, list[str]]:
+    """What the plugin's entry-point modules (its ``plugin.py``) register, read from the source tree."""
+    import importlib.util
+
+    out: dict[str, list[str]] = {}
+    for i, module in enumerate(_project(dist)["entry-points"]["anoplug"].values()):
+        path = ROOT / "plugins" / dist / "src" / (module.replace(".", "/") + ".py")
+        spec = importlib.util.spec_from_file_location(f"_declared_{dist.replace('-', '_')}_{i}", path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        for kind in ("generators", "evaluators", "datasets"):
+            hook = getattr(mod, f"anoplug_{kind}", None)
+            if hook is not None:
+                out.setdefault(kind, []).extend(s.name for s in hook())
+    return out
+
+
+def _anoplug_requirements(dist: str) -> list[str]:
+    """The other ``anoplug-*`` distributions a plugin declares it needs (pip would install them with it)."""
+    names = [re.split(r"[\s<>=!~;\[(]", r, maxsplit=1)[0] for r in _project(dist).get("dependencies", [])]
+    return sorted(n for n in names if n.startswith("anoplug-"))
+
+
+def _wheel(dist_dir: Path, dist: str) -> Path:
+    whl, = dist_dir.glob(f"{dist.replace('-', '_')}-*.whl")
+    return whl
+
+
+def test_every_plugin_wheel_installs_alone_with_the_host_wheel_and_generates(tmp_path: Path) -> None:
+    """Each ``plugins/anoplug-*`` wheel, in its own fresh venv with only the host wheel (plus the
+    ``anoplug-*`` distributions it declares), registers what its ``plugin.py`` declares and generates.
+
+    One ``pip wheel --no-build-isolation`` call builds every wheel (the host's once); then, two
+    plugins at a time, a venv as :func:`_fresh_venv` makes it, ``pip install --no-deps --no-index``
+    and one python process (``_PROBE``) that checks the distributions it sees, the registry status,
+    and generates 2 samples at 64² on ``toy:metal`` with every generator that runs without fitting:
+    procedural ones, and learned ones from the weights they ship. Feature-level generators and
+    learned ones without shipped weights are skipped (and listed); evaluators are only imported.
+    A plugin that needs another plugin's files to do so fails here.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    dists = _plugin_dists()
+    host = _copy_host(tmp_path)
+    sources = [_copy_plugin(tmp_path, d) for d in dists]
+    wheels = tmp_path / "wheels"
+    _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "--no-index",
+          "-w", str(wheels), str(host), *map(str, sources)], cwd=tmp_path, timeout=600)
+    host_whl, = wheels.glob("anoplug-*.whl")
+
+    # a plugin that ships checkpoints ships every file of them in its wheel
+    for d in dists:
+        pkg = _project(d)["name"].replace("-", "_")
+        src = ROOT / "plugins" / d / "src" / pkg / "weights"
+        shipped = set(zipfile.ZipFile(_wheel(wheels, d)).namelist())
+        want = [f"{pkg}/{p.relative_to(src.parent).as_posix()}" for p in src.glob("*/*") if p.is_file()]
+        assert not [w for w in want if w not in shipped], f"{d}: shipped weights missing from its wheel"
+
+    env = _env(tmp_path)
+
+    def alone(dist: str) -> dict:
+        venv = _fresh_venv(tmp_path, f"venvs/{dist}")
+        py = str(venv / "bin" / "python")
+        extra = [_wheel(wheels, r) for r in _anoplug_requirements(dist)]
+        _run([sys.executable, "-m", "pip", "--python", py, "install", "-q", "--no-deps", "--no-index",
+              str(host_whl), str(_wheel(wheels, dist)), *map(str, extra)], cwd=tmp_path)
+        declared = _declared(dist)
+        expected = sorted(["anoplug", dist, *_anoplug_requirements(dist)])
+        r = subprocess.run([py, "-c", _PROBE, dist, json.dumps(declared), json.dumps(expected)], cwd=tmp_path,
+                           env=env, capture_output=True, text=True, timeout=300)
+        if r.returncode != 0:
+            return {"dist": dist, "crash": f"probe exited {r.returncode}:\n{r.stderr[-3000:]}"}
+        return {"dist": dist, "declared": declared, "expected": expected, **json.loads(r.stdout.splitlines()[-1])}
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        reports = list(pool.map(alone, dists))
+
+    problems: list[str] = []
+    ran: list[str] = []
+    for rep in reports:
+        d = rep["dist"]
+        if "crash" in rep:
+            problems.append(f"{d}: {rep['crash']}")
+            continue
+        if rep["dists"] != rep["expected"]:
+            problems.append(f"{d}: sees distributions {rep['dists']}, expected {rep['expected']}")
+        bad = {n: st["error"] + "\n" + st["traceback"] for n, st in rep["status"].items() if st["status"] != "ok"}
+        if bad:
+            problems.append(f"{d}: plugin status errors {bad}")
+        if not any(st["distribution"] == d for st in rep["status"].values()):
+            problems.append(f"{d}: no entry point of it was loaded")
+        if {k: sorted(v) for k, v in rep["provides"].items()} != {k: sorted(v) for k, v in rep["declared"].items()}:
+            problems.append(f"{d}: provides {rep['provides']}, its plugin.py declares {rep['declared']}")
+        if rep["outside"]:
+            problems.append(f"{d}: modules imported from outside its venv: {rep['outside']}")
+        problems += [f"{d}: {n}: {why}" for n, why in rep["failed"].items()]
+        ran += rep["ran"]
+        for n, why in rep["skipped"].items():
+            print(f"skipped {n} ({d}): {why}")
+        print(f"{d}: generated with {rep['ran'] or 'nothing'}; evaluators imported: {rep['evaluators'] or 'none'}")
+    assert not problems, "\n\n".join(problems)
+    assert ran, "no generator ran in any plugin's venv"
+    procedural_missed = [n for rep in reports for n in rep["declared"].get("generators", [])
+                         if n not in rep["ran"] and n not in rep["skipped"]]
+    assert not procedural_missed, f"generators that neither ran nor were skipped for a stated reason: {procedural_missed}"
