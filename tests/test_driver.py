@@ -9,6 +9,7 @@ come back in index order with a bounded window, and that the writer's memory is 
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -189,6 +190,7 @@ def test_each_source_image_is_decoded_once_and_caching_changes_nothing() -> None
 
 
 def _peak(fn) -> int:
+    gc.collect()  # garbage of earlier tests must not count towards this peak
     tracemalloc.start()
     try:
         fn()
@@ -201,6 +203,8 @@ def test_writer_memory_is_flat_in_n(tmp_path: Path) -> None:
     """The manifest is streamed: 10x the samples, the same peak (the old writer held every record: ~4 MB more)."""
     src = ToyDataset("metal", size=16, length=4)
     write_generated(BoxGenerator(), src, tmp_path / "warm", n=8, progress=False)  # imports and caches outside
+    write_generated(BoxGenerator(), src, tmp_path / "warm", n=16, progress=False)  # ... the resume path's too
+    gc.collect()
 
     def run(n: int, out: str) -> None:
         write_generated(BoxGenerator(), src, tmp_path / out, n=n, seed=1, batch_size=16, n_train=0, progress=False)

@@ -175,7 +175,7 @@ def sample_inputs(generator: Any, source: Dataset, indices: Sequence[int],
     if requires.paired_source:
         pair = source.batch([(j + 1) % n for j in src_idx])
         kw["source_image"] = pair.image
-        if pair.object_mask is not None:
+        if pair.object_mask is not None and "source_object_mask" in requires.uses:  # only to methods that read it
             kw["source_object_mask"] = pair.object_mask
     if conditions:
         unused = [c for c in conditions.names() if c not in requires.uses]
