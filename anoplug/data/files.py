@@ -55,13 +55,26 @@ def temporary_for(path: Path) -> Iterator[Path]:
         raise
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write to a temporary beside ``path``, then rename; a failed write leaves no temporary."""
-    make_dir(path.parent)
-    with temporary_for(path) as tmp:
+def atomic_write(path: str | Path, data: bytes) -> None:
+    """Write to a temporary beside ``path``, then rename; a failed write leaves no temporary.
+
+    Strings inside, not Paths: this runs once per sample file, and parsing a Path interns every
+    file name (the interpreter's interned-string table then grows with the run)."""
+    path = os.fspath(path)
+    parent = os.path.dirname(path)
+    if parent and not os.path.isdir(parent):
+        make_dir(Path(parent))
+    tmp = path + TMP
+    try:
         with open(tmp, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno in DISK_ERRNOS:
+            raise disk_error(e, Path(path)) from e
+        raise
 
 
 def dumps_line(rec: dict) -> str:

@@ -286,10 +286,10 @@ def _open_or_none(path: Path) -> Any:
     return open(path, "rb") if path.is_file() else contextlib.nullcontext(None)
 
 
-def _file_ok(path: Path) -> bool:
+def _file_ok(path: str | Path) -> bool:
     """A finished file: present and not empty (a crash can leave a renamed file with no data)."""
     try:
-        st = path.stat()
+        st = os.stat(path)
     except OSError:
         return False
     return st.st_size > 0 and stat.S_ISREG(st.st_mode)
@@ -305,7 +305,10 @@ def _complete(root: Path, rec: dict) -> bool:
                  and draws in (None, f"draws/{i:06d}.safetensors"))
     except (KeyError, TypeError, ValueError):
         return False
-    return named and all(_file_ok(root / rec[k]) for k in ("image", "mask", "draws") if rec.get(k))
+    # os.path, not pathlib: parsing a Path per record interns every file name (a resume of 10^5 records grew
+    # the interpreter's interned-string table by megabytes)
+    top = os.fspath(root)
+    return named and all(_file_ok(os.path.join(top, rec[k])) for k in ("image", "mask", "draws") if rec.get(k))
 
 
 # -- the output lock -------------------------------------------------------------------------------------------
@@ -390,7 +393,7 @@ def _read_draws(root: Path, rec: dict) -> dict:
         raise DataError(f"cannot read {path}: {e}") from e
 
 
-def _files(top: Path) -> Iterator[os.DirEntry]:
+def _files(top: str | Path) -> Iterator[os.DirEntry]:
     """Every file under ``top`` (not following links), each directory streamed: never a list of a folder's entries."""
     stack = [top]
     while stack:
@@ -401,7 +404,7 @@ def _files(top: Path) -> Iterator[os.DirEntry]:
         with it:
             for e in it:
                 if e.is_dir(follow_symlinks=False):
-                    stack.append(Path(e.path))
+                    stack.append(e.path)
                 elif e.is_file(follow_symlinks=False):
                     yield e
 
@@ -409,7 +412,8 @@ def _files(top: Path) -> Iterator[os.DirEntry]:
 def _clean_temporaries(root: Path) -> None:
     for e in _files(root):
         if e.name.endswith(TMP):
-            Path(e.path).unlink(missing_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(e.path)
 
 
 def _pending(n: int, done: _Done) -> Iterator[int]:
@@ -483,29 +487,32 @@ def _same_bytes(a: Path, b: Path) -> bool:
                 return True
 
 
-def _described(top: str, p: Path, done: _Done) -> bool:
-    """Whether the numbered file ``p`` under ``top`` is one that a finished record names."""
-    name = p.name
+def _described(top: str, parts: list[str], done: _Done) -> bool:
+    """Whether the numbered file ``top/parts...`` is one that a finished record names."""
+    name = parts[-1]
     digits = len(name) - len(name.lstrip("0123456789"))
     i = int(name[:digits])
     if i not in done:
         return False
     label = done.label(i)
     if top == "test":
-        return p.parent.name == label and name == f"{i:06d}.png"
+        return parts[0] == label and name == f"{i:06d}.png"
     if top == "ground_truth":
-        return label != GOOD and p.parent.name == label and name == f"{i:06d}_mask.png"
+        return label != GOOD and parts[0] == label and name == f"{i:06d}_mask.png"
     return done.has_draws(i) and name == f"{i:06d}.safetensors"
 
 
 def _sweep_strays(root: Path, done: _Done) -> None:
-    """Remove numbered sample files no record describes (left by an interrupted run of this identity)."""
+    """Remove numbered sample files no record describes (left by an interrupted run of this identity).
+
+    Strings, not Paths, per file (see :func:`_complete`)."""
     for top, depth in (("test", 2), ("ground_truth", 2), ("draws", 1)):
-        for e in _files(root / top):
-            p = Path(e.path)
-            if len(p.relative_to(root / top).parts) == depth and _NUMBERED.fullmatch(e.name) \
-                    and not _described(top, p, done):
-                p.unlink(missing_ok=True)
+        base = os.path.join(os.fspath(root), top)
+        for e in _files(base):
+            parts = os.path.relpath(e.path, base).split(os.sep)
+            if len(parts) == depth and _NUMBERED.fullmatch(e.name) and not _described(top, parts, done):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(e.path)
 
 
 def estimate_output_bytes(n: int, size: int, *, n_train: int = 0, ratio: float = PNG_RATIO,
@@ -640,12 +647,13 @@ def _write_locked(session: Any, source: Dataset, root: Path, identity: dict, *, 
             bar = tqdm(total=n, initial=skipped, desc=f"{name} -> {root}" + (f" ({workers} workers)" if workers > 1 else ""),
                        unit="img", smoothing=0.05, dynamic_ncols=True)
         todo = shards(_pending(n, done), batch_size, drawn if replay is not None else None)
+        top = os.fspath(root)
         for res in session.map(todo, meanwhile=copy_train):
             lines = []
             for enc in res.encoded:
                 rec = dict(identity, **enc.fields, data=data, n_train=n_train)
                 for rel, blob in enc.files:
-                    atomic_write(root / rel, blob)
+                    atomic_write(os.path.join(top, rel), blob)
                 lines.append((dumps_line(rec) + "\n").encode("utf-8"))
             _append(journal, journal_path, b"".join(lines))  # a kill tears at most the last line
             for enc, line in zip(res.encoded, lines):

@@ -223,3 +223,34 @@ def test_markdown_shows_an_evaluators_interval_next_to_the_mean() -> None:
     text = markdown(results)
     assert "| g | 0.700 ± 0.100 [0.600, 0.800] |" in text
     assert "ci_low" not in text and "ci_high" not in text  # bounds are not columns of their own
+
+
+def test_bench_trains_each_named_pipeline_on_the_same_set_with_its_sources(registry: Any, tmp_path: Any) -> None:
+    """--pipelines: one downstream run per pipeline (its own column, its CPU scale); DRAEM's pipeline learns from the
+    clean image, so the bench hands it the normal each sample was made from (not a guess by pixel matching)."""
+    cfg = BenchConfig(generators=["tiny-dark"], data=["toy:metal"], evaluators=["downstream-utility"], seeds=[0],
+                      out=str(tmp_path / "b"), size=32, n_train=6, n_test=20, n_synthetic=6,
+                      pipelines=["ad-unet", "draem"], ratios=[0.5, 1.0],
+                      evaluator_params={"downstream-utility": {"steps": 2, "batch_size": 2, "repeats": 1,
+                                                               "baseline": False}})
+    res = run_bench(cfg, progress=False)
+    evs = res["runs"][0]["evaluators"]
+    assert sorted(evs) == ["downstream-utility[ad-unet]@p=0.5", "downstream-utility[ad-unet]@p=1",
+                           "downstream-utility[draem]@p=0.5", "downstream-utility[draem]@p=1"]
+    for tag, ev in evs.items():
+        assert ev["params"]["pipeline"] == tag.split("[")[1].split("]")[0]
+        assert ev["params"]["pipeline_scale"] == "cpu"
+        assert ev["params"]["anomaly_prob"] == float(tag.split("=")[1])
+    assert evs["downstream-utility[draem]@p=1"]["details"]["sources"] == "given"
+    assert "downstream-utility[draem]@p=1/image_auroc" in (tmp_path / "b" / "results.md").read_text()
+
+
+def test_bench_refuses_an_unknown_pipeline_before_generating(registry: Any, tmp_path: Any) -> None:
+    cfg = BenchConfig(generators=["tiny-dark"], data=["toy:metal"], evaluators=["downstream-utility"],
+                      out=str(tmp_path / "b"), pipelines=["draem", "patchcore"])
+    with pytest.raises(BenchError, match="--pipelines patchcore"):
+        run_bench(cfg, progress=False)
+    assert not (tmp_path / "b" / "cache").exists()
+    with pytest.raises(BenchError, match="needs a downstream evaluator"):
+        run_bench(BenchConfig(generators=["tiny-dark"], data=["toy:metal"], evaluators=["kid"], out=str(tmp_path / "c"),
+                              pipelines=["draem"]), progress=False)

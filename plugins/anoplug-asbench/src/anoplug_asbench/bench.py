@@ -18,7 +18,10 @@ For every category of ``--data`` the engine
    correlation between intrinsic and detection metrics across generators) and two plots.
 
 ASBench's other axes ride on the same engine: ``ratios`` sweeps the per-sample synthetic
-probability p of the detector's training set, and a generator named ``a+b`` is the equal
+probability p of the detector's training set, ``pipelines`` trains each of ASBench's four
+detection pipelines (``ad-unet``, ``draem``, ``destseg``, ``memseg``: the metrics plugin's
+:mod:`anoplug_metrics.pipelines`, at their ``cpu`` scale, each given the normal every
+generated image was made from) in place of the one default detector, and a generator named ``a+b`` is the equal
 mixture of ``a`` and ``b`` (this plugin's ``hybrid`` generator; ``--preset asbench-hybrids``
 names ASBench's 11, :mod:`anoplug_asbench.presets`).
 
@@ -87,6 +90,9 @@ class BenchConfig:
     n_test: int | None = None
     n_synthetic: int = 64
     ratios: list[float] = field(default_factory=list)  # ASBench p sweep; empty = the utility's default (0.5)
+    #: ASBench detection pipelines for downstream evaluators, each at its ``cpu`` scale; empty = the one
+    #: default detector with :data:`CPU_UTILITY`
+    pipelines: list[str] = field(default_factory=list)
     generator_params: dict[str, dict] = field(default_factory=dict)
     evaluator_params: dict[str, dict] = field(default_factory=dict)
     fit_steps: int | None = None
@@ -324,21 +330,51 @@ def _check_fit_data(cfg: BenchConfig, reg: Any, source: str, refs: Any) -> None:
                              f"pass --load {name}=DIR (a saved {name}) or drop the generators that use it")
 
 
-def _evaluate(cfg: BenchConfig, reg: Any, name: str, kind: str, seed: int, ratio: float | None, generated: Any,
-              inputs: dict) -> tuple[str, dict, Any]:
-    """Run one evaluator with the bench's CPU settings; returns (column tag, JSON entry, report)."""
+def _evaluator_params(cfg: BenchConfig, name: str, kind: str, seed: int, ratio: float | None,
+                      pipeline: str | None) -> dict:
+    """The bench's CPU settings for one evaluator run; ``--eval-param`` overrides them, the swept axes override all."""
     params = dict(CPU_OVERRIDES.get(name, {}))
     if kind == "downstream":
-        params.update(CPU_UTILITY, size=cfg.size, seed=seed)
+        # a named pipeline runs at its own CPU scale; the default detector keeps the bench's historical profile
+        params.update({"pipeline": pipeline, "pipeline_scale": "cpu"} if pipeline else CPU_UTILITY, size=cfg.size, seed=seed)
     params.update(cfg.evaluator_params.get(name, {}))
+    if pipeline:
+        params["pipeline"] = pipeline
     if ratio is not None:
         params["anomaly_prob"] = ratio
+    return params
+
+
+def _tag(name: str, ratio: float | None, pipeline: str | None) -> str:
+    """The column of one evaluator run: ``downstream-utility[draem]@p=0.5``."""
+    return name + (f"[{pipeline}]" if pipeline else "") + ("" if ratio is None else f"@p={ratio:g}")
+
+
+def _evaluate(cfg: BenchConfig, reg: Any, name: str, kind: str, seed: int, ratio: float | None, generated: Any,
+              inputs: dict, pipeline: str | None = None) -> tuple[str, dict, Any]:
+    """Run one evaluator with the bench's CPU settings; returns (column tag, JSON entry, report)."""
+    params = _evaluator_params(cfg, name, kind, seed, ratio, pipeline)
     t0 = time.perf_counter()
     ev = reg.get_evaluator(name, **params)
     report = ev.evaluate(generated, **inputs)
     entry = {"params": ev.params.model_dump(mode="json"), "seconds": time.perf_counter() - t0,
              "metrics": {k: asdict(m) for k, m in report.metrics.items()}, "details": _slim(report.details)}
-    return (name if ratio is None else f"{name}@p={ratio:g}"), entry, report
+    return _tag(name, ratio, pipeline), entry, report
+
+
+def _check_pipelines(cfg: BenchConfig, reg: Any, kinds: dict[str, str]) -> None:
+    """Every named pipeline is one the downstream evaluators accept, checked before anything is generated."""
+    if not cfg.pipelines:
+        return
+    downstream = [e for e, k in kinds.items() if k == "downstream"]
+    if not downstream:
+        raise BenchError(f"--pipelines {','.join(cfg.pipelines)} needs a downstream evaluator (e.g. downstream-utility)")
+    for e in downstream:
+        for p in cfg.pipelines:
+            try:
+                reg.get_evaluator(e, **_evaluator_params(cfg, e, "downstream", 0, None, p))
+            except ValueError as err:
+                raise BenchError(f"--pipelines {p}: {e} does not accept it ({str(err).splitlines()[0]})") from err
 
 
 def run_bench(cfg: BenchConfig, *, progress: bool = True, log: Callable[[str], None] | None = None) -> dict:
@@ -354,6 +390,7 @@ def run_bench(cfg: BenchConfig, *, progress: bool = True, log: Callable[[str], N
     reg = get_registry()
     _check_generators(cfg, reg)  # unknown names, unloadable members fail now, not after an hour
     kinds = {e: reg.spec("evaluators", e).kind for e in cfg.evaluators}
+    _check_pipelines(cfg, reg, kinds)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     ratios = cfg.ratios or [None]
@@ -380,19 +417,20 @@ def run_bench(cfg: BenchConfig, *, progress: bool = True, log: Callable[[str], N
                                                                 learned)
                 run = {"category": category, "data": source_name, "generator": gname, "seed": seed,
                        "generate_seconds": gen_s, "from_cache": cached, "n_generated": len(generated), "evaluators": {}}
-                inputs = {"per_sample": {"normals": source}, "downstream": {"normals": normals, "real": held_out},
-                          "set": {"normals": normals, "real": refs}}
-                for ename in cfg.evaluators:
-                    for ratio in ratios if kinds[ename] == "downstream" else [None]:
-                        tag, entry, report = _evaluate(cfg, reg, ename, kinds[ename], seed, ratio, generated,
-                                                       inputs.get(kinds[ename], inputs["set"]))
-                        run["evaluators"][tag] = entry
-                        rows += [{"category": category, "generator": gname, "seed": seed, "evaluator": tag, "metric": k,
-                                  "value": m.value, "higher_is_better": m.higher_is_better, "kind": kinds[ename]}
-                                 for k, m in report.metrics.items()]
-                        if log:
-                            shown = ", ".join(f"{k}={m.value:.3f}" for k, m in list(report.metrics.items())[:4])
-                            log(f"{category} {gname} seed {seed} {tag}: {shown} ({entry['seconds']:.0f}s)")
+                inputs = {"per_sample": {"normals": source}, "set": {"normals": normals, "real": refs},
+                          # sources: the normal behind each generated image (the pipelines that learn from
+                          # the clean image, DRAEM's and DeSTSeg's, need it)
+                          "downstream": {"normals": normals, "real": held_out, "sources": source}}
+                for ename, ratio, pipeline in _evaluator_runs(cfg, kinds, ratios):
+                    tag, entry, report = _evaluate(cfg, reg, ename, kinds[ename], seed, ratio, generated,
+                                                   inputs.get(kinds[ename], inputs["set"]), pipeline)
+                    run["evaluators"][tag] = entry
+                    rows += [{"category": category, "generator": gname, "seed": seed, "evaluator": tag, "metric": k,
+                              "value": m.value, "higher_is_better": m.higher_is_better, "kind": kinds[ename]}
+                             for k, m in report.metrics.items()]
+                    if log:
+                        shown = ", ".join(f"{k}={m.value:.3f}" for k, m in list(report.metrics.items())[:4])
+                        log(f"{category} {gname} seed {seed} {tag}: {shown} ({entry['seconds']:.0f}s)")
                 runs.append(run)
                 bar.update(1)
     bar.close()
@@ -401,6 +439,18 @@ def run_bench(cfg: BenchConfig, *, progress: bool = True, log: Callable[[str], N
                "environment": _environment(), "seconds": time.perf_counter() - t_start, "rows": rows, "runs": runs}
     write_outputs(results, out)
     return results
+
+
+def _evaluator_runs(cfg: BenchConfig, kinds: dict[str, str],
+                    ratios: list) -> list[tuple[str, float | None, str | None]]:
+    """(evaluator, ratio, pipeline) of every evaluator run of one generated set: downstream ones swept."""
+    runs: list[tuple[str, float | None, str | None]] = []
+    for e in cfg.evaluators:
+        if kinds[e] == "downstream":
+            runs += [(e, r, p) for p in cfg.pipelines or [None] for r in ratios]
+        else:
+            runs.append((e, None, None))
+    return runs
 
 
 def _slim(details: dict) -> dict:

@@ -103,6 +103,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                       seeds=_ints(args.seeds, "--seeds"), out=args.out, size=args.size, n_train=args.n_train,
                       n_test=args.n_test, n_synthetic=args.n_synthetic,
                       ratios=_floats(args.ratios, "--ratios") if args.ratios else [],
+                      pipelines=_csv(args.pipelines or ""),
                       generator_params=_params(args.gen_param, "--gen-param"),
                       evaluator_params=_params(args.eval_param, "--eval-param"), fit_steps=args.fit_steps,
                       use_cache=not args.no_cache)
@@ -192,6 +193,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--evaluators", default="", help="comma-separated (default: mask-precision,ic-lpips,kid,downstream-utility)")
     sp.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
     sp.add_argument("--ratios", default="", help="ASBench synthetic probabilities p to sweep, e.g. 0.25,0.5,1")
+    sp.add_argument("--pipelines", default="", help="ASBench detection pipelines to train for downstream evaluators, "
+                    "each at its CPU scale: ad-unet,draem,destseg,memseg (default: the one CPU-profile detector)")
     sp.add_argument("--out", default="out/bench", help="output folder (default out/bench)")
     sp.add_argument("--size", type=int, default=128, help="image side (multiple of 32; default 128)")
     sp.add_argument("--n-train", type=int, default=32, help="normal training images per category (default 32)")
