@@ -40,7 +40,7 @@ def one_pass(ds, *, workers: int, batched: bool, batch_size: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("-n", type=int, default=512, help="samples per pass (sample i reads normal i % 64)")
+    ap.add_argument("-n", type=int, default=512, help="samples per pass (sample i reads normal i %% 64)")
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--batch-size", type=int, default=16)
     args = ap.parse_args()
