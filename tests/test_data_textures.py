@@ -69,3 +69,14 @@ def test_dtd_bad_paths(tmp_path):
     src = texture_source(tmp_path / "broken", size=8)
     with pytest.raises(DataError, match=r"x\.jpg"):
         src.get(0)
+
+
+def test_textures_by_size_builds_one_source_per_size_and_counts_without_decoding() -> None:
+    from anoplug.data.textures import TexturesBySize
+
+    tex = TexturesBySize("skimage", absent="perlin")
+    assert tex(32) is tex((32, 32))  # kept per size: a second batch of that size reuses it
+    assert tex((16, 24)) is not tex(32)
+    assert tex((16, 24)).stack([0]).shape[-2:] == (16, 24)
+    assert len(tex) == len(texture_source("skimage", size=8)) > 0
+    assert len(TexturesBySize("perlin", absent="perlin")) == 0  # DRAEM's no-texture setting: nothing is loaded

@@ -28,7 +28,7 @@ from PIL import Image
 from anoplug.data.base import DataError
 from anoplug.types import BatchError, load_image
 
-__all__ = ["TextureSource", "texture_source", "SKIMAGE_TEXTURES", "TEXTURE_EXTENSIONS"]
+__all__ = ["TextureSource", "TexturesBySize", "texture_source", "SKIMAGE_TEXTURES", "TEXTURE_EXTENSIONS"]
 
 #: scikit-image bundled pictures used as textures; all load offline from the installed wheel.
 SKIMAGE_TEXTURES = ("brick", "grass", "gravel", "hubble_deep_field", "immunohistochemistry", "coins", "text")
@@ -180,3 +180,25 @@ def texture_source(name_or_path: str | Path = "skimage", size: int | Sequence[in
     if str(name_or_path) == "skimage":
         return _skimage_source(size, crops)
     return _folder_source(name_or_path, size)
+
+
+class TexturesBySize:
+    """One :func:`texture_source` per image size, built on first use; ``absent`` names "no textures".
+
+    A generator sees batches of several sizes and wants the same textures resized to each: the
+    per-size sources are kept (their files still load lazily), and ``len`` is the number of
+    textures without decoding any of them (0 when the generator's setting is ``absent``).
+    """
+
+    def __init__(self, name_or_path: str | Path, *, absent: str | None = None) -> None:
+        self.name_or_path, self.absent = name_or_path, absent
+        self._by_size: dict[tuple[int, int], TextureSource] = {}
+
+    def __call__(self, size: int | Sequence[int]) -> TextureSource:
+        hw = _as_hw(size)
+        if hw not in self._by_size:
+            self._by_size[hw] = texture_source(self.name_or_path, size=hw)
+        return self._by_size[hw]
+
+    def __len__(self) -> int:
+        return 0 if self.absent is not None and str(self.name_or_path) == self.absent else len(self((8, 8)))

@@ -60,24 +60,15 @@ class Draem(Generator):
 
     def __init__(self, params: Any = None, **kw: Any) -> None:
         super().__init__(params, **kw)
-        self._sources: dict[tuple[int, int], Any] = {}
+        from anoplug.data.textures import TexturesBySize
 
-    # -- the anomaly source ---------------------------------------------------------------
-    def _texture_source(self, size: tuple[int, int]) -> Any:
-        """The texture set at ``size`` (aspect ignored, as DRAEM resizes to 256²); files load lazily."""
-        if size not in self._sources:
-            from anoplug.data.textures import texture_source
-
-            self._sources[size] = texture_source(self.params.texture_source, size=size)
-        return self._sources[size]
-
-    def _n_textures(self) -> int:
-        return 0 if self.params.texture_source == "perlin" else len(self._texture_source((8, 8)))
+        # the texture set at each batch size (aspect ignored, as DRAEM resizes to 256²); files load lazily
+        self._texture_source = TexturesBySize(self.params.texture_source, absent="perlin")
 
     # -- sampling and applying --------------------------------------------------------------
     def sample(self, batch: Batch, rngs: Sequence[torch.Generator]) -> Samples:
         p = self.params
-        n_tex = self._n_textures()
+        n_tex = len(self._texture_source)
         out = Samples()
         for rng in rngs:
             anomalous = bool(torch.rand(1, generator=rng) < p.probability)

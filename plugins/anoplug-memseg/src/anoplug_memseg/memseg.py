@@ -136,24 +136,17 @@ class Memseg(Generator):
 
     def __init__(self, params: Any = None, **kw: Any) -> None:
         super().__init__(params, **kw)
-        self._sources: dict[tuple[int, int], Any] = {}
+        from anoplug.data.textures import TexturesBySize
 
-    def _texture_source(self, size: tuple[int, int]) -> Any:
-        if size not in self._sources:
-            from anoplug.data.textures import texture_source
-
-            self._sources[size] = texture_source(self.params.texture_source, size=size)
-        return self._sources[size]
-
-    def _n_textures(self) -> int:
-        return 0 if self.params.texture_source == "none" else len(self._texture_source((8, 8)))
+        # the texture set at each batch size (MemSeg resizes its DTD textures to the image); files load lazily
+        self._texture_source = TexturesBySize(self.params.texture_source, absent="none")
 
     # -- sampling -------------------------------------------------------------------------------
     def sample(self, batch: Batch, rngs: Sequence[torch.Generator]) -> Samples:
         from anoplug import augment
 
         p = self.params
-        n_tex = self._n_textures()
+        n_tex = len(self._texture_source)
         cells = p.structure_grid ** 2
         out = Samples()
         for rng in rngs:
