@@ -12,9 +12,38 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from anoplug.types import Batch
+from anoplug.types import GOOD, Batch
 
-__all__ = ["gaussian_blur", "as_batch", "hsv_adjust", "predict_in_chunks"]
+__all__ = ["gaussian_blur", "as_batch", "hsv_adjust", "predict_in_chunks", "anomalous_subset", "write_anomalies"]
+
+
+def anomalous_subset(batch: Batch, samples: Sequence[dict], key: str = "anomalous") -> tuple[Batch, list[int]]:
+    """(output batch, indices of the samples drawn anomalous) for a generator that changes only those.
+
+    The output is a clone when some samples stay normal (they leave as they came) and a shallow copy
+    with fresh label/meta/extras containers when every sample changes (its tensors are replaced
+    whole by :func:`write_anomalies`, so nothing is copied for nothing)."""
+    idx = [i for i, s in enumerate(samples) if s[key]]
+    if len(idx) < len(batch):
+        return batch.clone(), idx
+    import copy
+
+    out = copy.copy(batch)
+    out.label, out.meta, out.extras = list(batch.label), [dict(m) for m in batch.meta], dict(batch.extras)
+    return out, idx
+
+
+def write_anomalies(out: Batch, idx: Sequence[int], image: torch.Tensor, mask: torch.Tensor, label: str) -> Batch:
+    """Put the changed ``image``/``mask`` of samples ``idx`` into ``out``; a sample whose mask came out
+    empty is labelled good (a drawn anomaly that changed nothing is not a defect)."""
+    if len(idx) == len(out):
+        out.image, out.mask = image.contiguous(), mask
+    else:
+        out.image[list(idx)], out.mask[list(idx)] = image, mask
+    nonempty = mask.flatten(1).any(1).tolist()
+    for j, i in enumerate(idx):
+        out.label[i] = label if nonempty[j] else GOOD
+    return out
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float = 4.0) -> torch.Tensor:

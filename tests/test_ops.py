@@ -60,3 +60,23 @@ def test_as_batch_accepts_what_users_have(tmp_path) -> None:
         as_batch(None, "normals")
     with pytest.raises(TypeError, match="^test: .*from int"):
         as_batch(3, "test")
+
+
+def test_anomalous_subset_and_write_anomalies_leave_the_input_and_the_normals_untouched() -> None:
+    from anoplug.ops import anomalous_subset, write_anomalies
+    from anoplug.testing import make_toy_batch
+    from anoplug.types import GOOD
+
+    batch = make_toy_batch(3, 16)
+    before = batch.image.clone()
+    out, idx = anomalous_subset(batch, [{"anomalous": True}, {"anomalous": False}, {"anomalous": True}])
+    assert idx == [0, 2]
+    mask = torch.zeros(2, 1, 16, 16)
+    mask[0, :, 2:5, 2:5] = 1  # sample 2's mask comes out empty: it stays good
+    write_anomalies(out, idx, torch.zeros(2, 3, 16, 16), mask, "blob")
+    assert torch.equal(batch.image, before)  # the input is never written
+    assert out.label == ["blob", GOOD, GOOD]
+    assert torch.equal(out.image[1], before[1]) and out.image[0].abs().sum() == 0
+    everyone, idx = anomalous_subset(batch, [{"anomalous": True}] * 3)
+    everyone.label[0] = "x"
+    assert batch.label[0] != "x"  # fresh containers when every sample changes

@@ -25,7 +25,6 @@ cuts and pastes on the object (``find_object``). All values are 8-bit levels, as
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from typing import Any
 
@@ -34,8 +33,9 @@ import torch
 from pydantic import Field, model_validator
 
 from anoplug.generator import Generator, Paper, Samples
+from anoplug.ops import anomalous_subset, write_anomalies
 from anoplug.params import Params
-from anoplug.types import GOOD, Batch
+from anoplug.types import Batch
 from anoplug_fractal import geometry, ifs
 from anoplug_fractal.jitter import change_color, jitter
 
@@ -201,10 +201,7 @@ class Fractal(Generator):
 
     def apply(self, batch: Batch, samples: Samples) -> Batch:
         p = self.params
-        idx = [i for i, s in enumerate(samples) if s["anomalous"]]
-        out = batch.clone() if len(idx) < len(batch) else copy.copy(batch)
-        if len(idx) == len(batch):
-            out.label, out.meta, out.extras = list(batch.label), [dict(m) for m in batch.meta], dict(batch.extras)
+        out, idx = anomalous_subset(batch, samples)
         if not idx:
             return out
         h, w = batch.size
@@ -232,11 +229,4 @@ class Fractal(Generator):
             result = levels.div_(255.0).to(image.dtype)
         else:  # outside the mask the input stays bit for bit
             result = torch.where(mask.bool(), levels.div(255.0).to(image.dtype), image)
-        if len(idx) == len(batch):
-            out.image, out.mask = result.contiguous(), mask
-        else:
-            out.image[idx], out.mask[idx] = result, mask
-        nonempty = mask.flatten(1).any(1).tolist()
-        for j, i in enumerate(idx):
-            out.label[i] = self.name if nonempty[j] else GOOD
-        return out
+        return write_anomalies(out, idx, result, mask, self.name)

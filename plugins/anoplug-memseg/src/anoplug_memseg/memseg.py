@@ -20,7 +20,6 @@ reference alternates normal and anomalous samples). Empty masks are labelled nor
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
 
@@ -29,8 +28,9 @@ from pydantic import Field, model_validator
 
 from anoplug.generator import Generator, Paper, Samples
 from anoplug.noise import perlin_masks, sample_gradients
+from anoplug.ops import anomalous_subset, write_anomalies
 from anoplug.params import Params
-from anoplug.types import GOOD, Batch, BatchError
+from anoplug.types import Batch, BatchError
 
 __all__ = ["Memseg", "MemsegParams", "MVTEC_FOREGROUND", "ASBENCH_PIPELINES", "mvtec_params", "foreground_rule",
            "shuffle_grid"]
@@ -203,10 +203,7 @@ class Memseg(Generator):
 
     def apply(self, batch: Batch, samples: Samples) -> Batch:
         p = self.params
-        idx = [i for i, s in enumerate(samples) if s["anomalous"]]
-        out = batch.clone() if len(idx) < len(batch) else copy.copy(batch)
-        if len(idx) == len(batch):
-            out.label, out.meta, out.extras = list(batch.label), [dict(m) for m in batch.meta], dict(batch.extras)
+        out, idx = anomalous_subset(batch, samples)
         if not idx:
             return out
         h, w = batch.size
@@ -222,11 +219,4 @@ class Memseg(Generator):
         if p.quantize:
             blend = blend.floor_()
         result = torch.where(mask.bool(), blend.div_(255.0).to(image.dtype), image)
-        if len(idx) == len(batch):
-            out.image, out.mask = result.contiguous(), mask
-        else:
-            out.image[idx], out.mask[idx] = result, mask
-        nonempty = mask.flatten(1).any(1).tolist()
-        for j, i in enumerate(idx):
-            out.label[i] = self.label_name if nonempty[j] else GOOD
-        return out
+        return write_anomalies(out, idx, result, mask, self.label_name)
