@@ -202,3 +202,14 @@ def test_history_csv_round_trip_and_plot(tmp_path):
     assert smooth([1.0, 3.0, 5.0], window=2) == [1.0, 2.0, 4.0]
     ax = plot_history(hist, ["loss", "n"])
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["loss", "n"]
+
+
+def test_print_every_prints_every_nth_step_and_the_last(capsys) -> None:
+    from anoplug.train.log import print_every
+
+    cb = print_every(2)
+    for step in range(1, 6):
+        cb(step, 5, {"loss": 0.5 / step, "phase": "g"})
+    lines = capsys.readouterr().out.splitlines()
+    assert [ln.split()[1] for ln in lines] == ["2/5", "4/5", "5/5"]
+    assert "loss=0.250" in lines[0] and "phase" not in lines[0]

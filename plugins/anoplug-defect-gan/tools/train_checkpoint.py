@@ -37,7 +37,7 @@ def main() -> None:
     from anoplug_defect_gan.defect_gan import DefectGAN
 
     from anoplug.data import open_dataset
-    from anoplug.train.log import plot_history
+    from anoplug.train.log import plot_history, print_every
 
     torch.set_num_threads(1)
     normals = open_dataset("toy:fabric", split="train", size=64).all()
@@ -45,16 +45,7 @@ def main() -> None:
     anomalies = test[[i for i, lab in enumerate(test.label) if lab != "good"]]
     gen = DefectGAN(**RECIPE, fit_steps=args.steps)
     t0 = time.perf_counter()
-    last = [t0]
-
-    def progress(step: int, total: int, row: dict) -> None:
-        if step % 50 == 0 or step == total:
-            now = time.perf_counter()
-            print(f"step {step}/{total}  {now - last[0]:.1f} s  " + "  ".join(
-                f"{k}={v:.3f}" for k, v in row.items() if isinstance(v, float)), flush=True)
-            last[0] = now
-
-    gen.fit(normals, anomalies, progress=progress)
+    gen.fit(normals, anomalies, progress=print_every(50))
     seconds = time.perf_counter() - t0
     gen.save(args.out)
     docs = Path(args.docs)

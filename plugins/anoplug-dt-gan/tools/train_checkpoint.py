@@ -58,22 +58,13 @@ def main() -> None:
     import matplotlib.pyplot as plt
     from anoplug_dt_gan.dtgan import DTGAN
 
-    from anoplug.train.log import plot_history
+    from anoplug.train.log import plot_history, print_every
 
     torch.set_num_threads(1)
     normals, defects = training_data()
     gen = DTGAN(**RECIPE, fit_steps=args.steps)
     t0 = time.perf_counter()
-    last = [t0]
-
-    def progress(step: int, total: int, row: dict) -> None:
-        if step % 50 == 0 or step == total:
-            now = time.perf_counter()
-            print(f"step {step}/{total}  {now - last[0]:.1f} s  " + "  ".join(
-                f"{k}={v:.3f}" for k, v in row.items() if isinstance(v, float)), flush=True)
-            last[0] = now
-
-    gen.fit(normals, defects, progress=progress)
+    gen.fit(normals, defects, progress=print_every(50))
     seconds = time.perf_counter() - t0
     gen.save(args.out)
     docs = Path(args.docs)

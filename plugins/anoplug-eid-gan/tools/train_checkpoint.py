@@ -45,18 +45,14 @@ def main() -> int:
     torch.set_num_threads(1)
     from anoplug_eid_gan.eidgan import EIDGAN
 
+    from anoplug.train.log import print_every
+
     types = tuple(t for t in args.types.split(",") if t) or None
     defects = training_defects(types=types)
     gen = EIDGAN(preset="cpu", max_outlier_area=args.max_area, penalty_weight=args.penalty_weight,
                  fit_steps=args.steps, seed=args.seed)
     t0 = time.time()
-
-    def progress(step: int, total: int, row: dict) -> None:
-        if step % 250 == 0 or step == total:
-            print(f"step {step}/{total}  {time.time() - t0:6.0f} s  "
-                  + "  ".join(f"{k}={v:.3f}" for k, v in row.items() if isinstance(v, float)), flush=True)
-
-    gen.fit(None, defects, progress=progress)
+    gen.fit(None, defects, progress=print_every(250))
     wall = time.time() - t0
     gen.save(args.out)
     area = torch.stack([gen.outlier_masks[k].mean() for k in range(len(gen.outlier_labels))])
