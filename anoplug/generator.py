@@ -150,6 +150,11 @@ class Generator:
     #: relative to the defining module's folder. The first is the default of :meth:`from_pretrained`
     #: and of ``anoplug generate`` without ``--fit``/``--load``.
     pretrained: ClassVar[dict[str, str]] = {}
+    #: a small configuration of the same code for install checks, which generate two 64² images with it
+    #: in seconds (``tests/test_plugin_wheels.py``): e.g. a method that optimises 76 steps per image at
+    #: 512² declares ``{"preset": "cpu", "steps": 2}``. For a learned generator only settings read at
+    #: generation time belong here (they are applied over the shipped checkpoint's parameters).
+    smoke_params: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, params: Params | dict | None = None, **kwargs: Any) -> None:
         if params is not None and kwargs:

@@ -179,7 +179,9 @@ for name in names.get("generators", []):
         if cls.requires.fit and not cls.pretrained:
             report["skipped"][name] = "learned, ships no weights (needs fit)"
             continue
-        gen = cls.from_pretrained() if cls.requires.fit else cls()
+        gen = cls.from_pretrained() if cls.requires.fit else cls(**cls.smoke_params)
+        if cls.requires.fit and cls.smoke_params:  # generation-time settings over the checkpoint's
+            gen.params = gen.Params(**{**gen.params.model_dump(), **cls.smoke_params})
         if batch is None:
             from anoplug.data import open_dataset
             batch = open_dataset("toy:metal", split="train", size=64).batch([0, 1])
