@@ -175,5 +175,8 @@ def attention_processors(unet: Any, state: AttentionState, *, capture: Callable[
 
 
 def pixel_softmax(maps: torch.Tensor) -> torch.Tensor:
-    """The second softmax over the pixel axis (dim −2) that SeaS applies for its loss maps."""
+    """The softmax over the pixel axis (dim −2) that SeaS's loss maps use.
+
+    SeaS applies it to the raw per-head logits ``QKᵀ·s``, not to the token-softmaxed, head-averaged
+    probabilities that the capture mode stores (``anoplug_seas.maps`` wraps the processors for that)."""
     return maps.softmax(dim=-2)
