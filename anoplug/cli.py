@@ -181,15 +181,25 @@ def _build_generator(name: str, param_pairs: Sequence[str], load: str | None = N
     reg = _registry()
     cls = reg.generator_class(name)
     if load or pretrained:
-        if param_pairs:
-            flag = "--load" if load else "--pretrained (or a shipped default)"
-            raise UserError(f"--param cannot be combined with {flag}: the saved parameters are used")
+        overrides = _parse_params(param_pairs)
+        if overrides:  # only what is read at generation time; the saved parameters describe the weights
+            other = [k for k in overrides if k not in cls.generation_params]
+            if other:
+                flag = "--load" if load else "--pretrained (or a shipped default)"
+                allowed = ", ".join(cls.generation_params) or "none"
+                raise UserError(f"--param {other[0]} cannot be combined with {flag}: the saved parameters describe "
+                                f"the trained model (generation-time parameters of {name}: {allowed})")
+            from anoplug.params import coerce_value
+
+            overrides = {k: coerce_value(v, cls.Params.model_fields[k].annotation) for k, v in overrides.items()}
         if load:
-            return cls.load(load)
-        try:
-            return cls.from_pretrained(pretrained)
-        except ValueError as e:
-            raise UserError(f"--pretrained: {e}") from e
+            gen = cls.load(load)
+        else:
+            try:
+                gen = cls.from_pretrained(pretrained)
+            except ValueError as e:
+                raise UserError(f"--pretrained: {e}") from e
+        return gen.with_generation_params(**overrides) if overrides else gen
     params = cls.Params.from_strings(_parse_params(param_pairs))
     return cls(params)
 

@@ -155,6 +155,10 @@ class Generator:
     #: 512² declares ``{"preset": "cpu", "steps": 2}``. For a learned generator only settings read at
     #: generation time belong here (they are applied over the shipped checkpoint's parameters).
     smoke_params: ClassVar[dict[str, Any]] = {}
+    #: parameters read only at generation time (sampling steps, guidance, edit strength, ...): the ones
+    #: :meth:`with_generation_params` and ``anoplug generate -p`` may change on a fitted, loaded or
+    #: shipped model. Everything else describes the trained weights and stays as saved.
+    generation_params: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, params: Params | dict | None = None, **kwargs: Any) -> None:
         if params is not None and kwargs:
@@ -312,6 +316,20 @@ class Generator:
         if key not in cls.pretrained:
             raise ValueError(f"{cls.name} ships no checkpoint {key!r}; it ships: {', '.join(cls.pretrained)}")
         return Path(sys.modules[cls.__module__].__file__).parent / cls.pretrained[key]
+
+    def with_generation_params(self, **overrides: Any) -> Generator:
+        """This generator with generation-time parameters changed (validated; the weights untouched).
+
+        A name outside :attr:`generation_params` is a :class:`ParamError` naming it and the allowed
+        ones: changing, say, a network width after training would describe weights that do not exist.
+        """
+        other = [k for k in overrides if k not in self.generation_params]
+        if other:
+            allowed = ", ".join(self.generation_params) or "none"
+            raise ParamError(f"{self.name}: {', '.join(map(repr, other))} describe{'s' if len(other) == 1 else ''} the "
+                             f"trained model and cannot change after fitting; generation-time parameters: {allowed}")
+        self.params = self.Params.parse(**{**self.params.model_dump(), **overrides})
+        return self
 
     @classmethod
     def from_pretrained(cls, name_or_dir: str | Path | None = None) -> Generator:

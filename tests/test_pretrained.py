@@ -30,6 +30,7 @@ from anoplug.params import Params
 class TintParams(Params):
     fit_steps: int = Field(2, ge=0, description="steps")
     seed: int = Field(0, ge=0, description="seed")
+    strength: float = Field(1.0, ge=0, le=1, description="how much of the learned colour is painted (generation only)")
 
 class Tint(LearnedGenerator):
     """Adds a learned colour inside the left half; the colour per defect type is a parameter tensor."""
@@ -37,6 +38,7 @@ class Tint(LearnedGenerator):
     Params = TintParams
     requires = Requires(fit=True, accepts=("defect_type",))
     pretrained = {"toy": "weights/toy", "other": "weights/other"}
+    generation_params = ("strength",)
     types = ("scratch", "hole")
 
     def __init__(self, *a, **k):
@@ -63,7 +65,8 @@ class Tint(LearnedGenerator):
         colour = self.net(torch.tensor([self.types.index(t) for t in types])).detach()
         mask = torch.zeros_like(batch.image[:, :1])
         mask[..., : batch.image.shape[-1] // 2] = 1
-        image = batch.image * (1 - mask) + colour[:, :, None, None].clamp(0, 1) * mask
+        paint = batch.image + self.params.strength * (colour[:, :, None, None].clamp(0, 1) - batch.image)
+        image = batch.image * (1 - mask) + paint * mask
         from dataclasses import replace
         return replace(batch, image=image, mask=mask, label=list(types))
 '''
@@ -100,7 +103,7 @@ def tint(tmp_path, tmp_plugin, monkeypatch):
 
 def test_from_pretrained_loads_the_first_by_default_and_others_by_name(tint, tmp_path):
     assert tint.from_pretrained().is_fitted
-    assert float(tint.from_pretrained().net.weight[0, 0]) == pytest.approx(0.8)
+    assert float(tint.from_pretrained().net.weight[0, 0].detach()) == pytest.approx(0.8)
     assert float(tint.from_pretrained("other").net.weight[0, 0]) == pytest.approx(0.2)
     assert tint.pretrained_path("other") == tmp_path / "tintpkg" / "weights" / "other"
     assert float(tint.from_pretrained(tmp_path / "tintpkg" / "weights" / "other").net.weight[0, 0]) == \
@@ -124,7 +127,9 @@ def test_cli_generates_from_the_shipped_default_without_fit(tint, tmp_path, caps
 @pytest.mark.parametrize("argv, needle", [
     (["--pretrained", "nope"], "--pretrained: test-tint: 'nope' is neither a shipped checkpoint"),
     (["--pretrained", "toy", "--fit"], "--pretrained loads a shipped checkpoint"),
-    (["-p", "seed=3"], "--param cannot be combined with --pretrained"),
+    (["-p", "seed=3"], "--param seed cannot be combined with --pretrained (or a shipped default): the saved "
+                       "parameters describe the trained model (generation-time parameters of test-tint: strength)"),
+    (["-p", "strength=2"], "invalid parameter 'strength'"),
     (["--defect-type", " ,"], "--defect-type"),
 ])
 def test_cli_pretrained_errors_are_one_line(tint, tmp_path, capsys, argv, needle):
@@ -172,3 +177,20 @@ def test_shipped_weights_of_the_kit(tint):
         generator_class = tint
     Kit().test_shipped_checkpoints_load_and_generate()
     assert Path(tint.pretrained_path()).is_dir()
+
+
+def test_generation_time_parameters_change_over_a_shipped_checkpoint_and_nothing_else(tint, tmp_path):
+    """``generation_params`` may change on a loaded model (CLI ``-p`` with a shipped or saved one); the
+    parameters that describe the weights may not, from Python or the CLI."""
+    from anoplug.params import ParamError
+
+    batch = make_toy_batch(2, 16)
+    full = tint.from_pretrained().generate(batch, seed=0)
+    none = tint.from_pretrained().with_generation_params(strength=0.0).generate(batch, seed=0)
+    assert torch.equal(none.image, batch.image) and not torch.equal(full.image, batch.image)
+    with pytest.raises(ParamError, match="'seed' describes the trained model.*generation-time parameters: strength"):
+        tint.from_pretrained().with_generation_params(seed=1)
+    assert main(["generate", "test-tint", "--data", "toy:metal", "-n", "2", "--size", "32", "--out",
+                 str(tmp_path / "o"), "-q", "-p", "strength=0"]) == 0
+    rec = json.loads((tmp_path / "o" / "metal" / "manifest.jsonl").read_text().splitlines()[0])
+    assert rec["params"]["strength"] == 0.0

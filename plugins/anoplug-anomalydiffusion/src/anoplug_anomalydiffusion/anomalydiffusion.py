@@ -198,6 +198,10 @@ class AnomalyDiffusion(LearnedGenerator):
     paper = Paper("AnomalyDiffusion: Few-Shot Anomaly Image Generation with Diffusion Model", "AAAI", 2024,
                   "https://arxiv.org/abs/2312.05767", "https://github.com/sjtuplayer/anomalydiffusion")
     Params = AnomalyDiffusionParams
+    generation_params = ("steps", "eta", "guidance", "blend", "latent_mask_threshold", "latent_mask_resize",
+                         "adaptive_reweighting", "arr_radius", "arr_max_weight", "arr_weight_bos",
+                         "paste_background", "anomaly_type", "mask_steps", "mask_eta", "mask_guidance",
+                         "mask_threshold", "mask_attempts")
     requires = Requires(fit=True, anomalies=True, weights="CompVis/ldm-text2im-large-256 (offline: tiny-base)",
                         accepts=("target_mask",))
     preserves_outside_mask: ClassVar[bool] = True  # with paste_background (the default)

@@ -204,6 +204,9 @@ class AnomalyHybrid(LearnedGenerator):
     paper = Paper("AnomalyHybrid: A Domain-agnostic Generative Framework for General Anomaly Detection",
                   "CVPR 2025 Workshop (SyntaGen)", 2025, "https://arxiv.org/abs/2504.04340", "")
     Params = AnomalyHybridParams
+    generation_params = ("decoder", "edit", "edit_strength", "edit_jitter", "region_min", "region_max",
+                         "crack_width", "fusion", "mask_threshold", "mask_tol", "depth_source", "depth_model",
+                         "edge_source")
     requires = Requires(fit=True, accepts=("target_mask",))
     preserves_outside_mask = True
     manual_optimization: ClassVar[bool] = True

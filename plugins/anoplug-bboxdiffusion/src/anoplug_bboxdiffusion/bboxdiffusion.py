@@ -155,6 +155,7 @@ class BBoxDiffusion(LearnedGenerator):
     paper = Paper("Bounding Box-Guided Diffusion for Synthesizing Industrial Images and Segmentation Maps", "CVPRW", 2025,
                   "https://arxiv.org/abs/2505.03623", "https://github.com/covisionlab/diffusion_labeling")
     Params = BBoxDiffusionParams
+    generation_params = ("sample_steps", "layout", "max_boxes", "anomaly_type")
     requires = Requires(fit=True, anomalies=True, accepts=("boxes",))
     preserves_outside_mask: ClassVar[bool] = False  # the whole image is generated
 

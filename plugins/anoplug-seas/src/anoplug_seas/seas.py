@@ -189,6 +189,8 @@ class SeaS(LearnedGenerator):
     paper = Paper("SeaS: Few-shot Industrial Anomaly Image Generation with Separation and Sharing Fine-tuning",
                   "ICCV", 2025, "https://arxiv.org/abs/2410.14987", "https://github.com/HUST-SLOW/SeaS")
     Params = SeaSParams
+    generation_params = ("steps", "guidance", "noise_steps", "scale_start_latent", "mask_steps", "mask_threshold",
+                         "defect_type", "generate_normals")
     requires = Requires(fit=True, anomalies=True, weights="a local Stable Diffusion v1.4 directory (offline: tiny-base)",
                         accepts=("defect_type",))
     pretrained = {"toy-carpet": "weights/toy-carpet"}
