@@ -1,0 +1,1 @@
+"""ComGEN: component-aware logical anomalies from learned component embeddings."""
