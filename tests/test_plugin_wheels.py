@@ -185,7 +185,12 @@ for name in names.get("generators", []):
         if batch is None:
             from anoplug.data import open_dataset
             batch = open_dataset("toy:metal", split="train", size=64).batch([0, 1])
-        out = gen.generate(batch, seed=0)
+        needs = tuple(cls.requires.conditions)
+        if set(needs) - {"prompt"}:
+            report["skipped"][name] = f"needs conditions {', '.join(needs)}"
+            continue
+        out = gen.generate(batch.with_conditions(prompt=["a metal plate with a scratch"] * len(batch))
+                           if needs else batch, seed=0)
         shapes = (tuple(out.image.shape), tuple(out.mask.shape), len(out.label))
         if shapes != ((2, 3, 64, 64), (2, 1, 64, 64), 2):
             raise AssertionError(f"unexpected output shapes {shapes}")
