@@ -337,3 +337,18 @@ def test_latent_optimization_raises_attention_on_a_token_through_captured_maps(p
     assert got_grad and all(got_grad)
     assert sorted({i for i, _ in opt.losses}) == [0, 1]  # active only where asked
     assert float(raised[:2].mean()) > float(plain[:2].mean()) * 1.02
+
+
+def test_sample_runs_schedulers_whose_step_takes_no_generator():
+    """PNDM (Stable Diffusion's default) adds no noise and its step takes neither ``generator`` nor ``eta``:
+    the loop passes only what a scheduler's step accepts (it used to raise TypeError on PNDM)."""
+    from diffusers import DDPMScheduler, PNDMScheduler
+
+    x_T = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    out = S.sample(zeros_model(), PNDMScheduler(skip_prk_steps=True), x_T, rngs=rngs(1, 2), num_steps=5, eta=0.5)
+    assert out.shape == x_T.shape and torch.isfinite(out).all()
+    # a stochastic scheduler still draws its variance noise from each sample's own generator
+    a = S.sample(zeros_model(), DDPMScheduler(), x_T, rngs=rngs(1, 2), num_steps=5)
+    b = S.sample(zeros_model(), DDPMScheduler(), x_T[:1], rngs=rngs(1), num_steps=5)
+    assert torch.equal(a[:1], b) and not torch.equal(a, S.sample(zeros_model(), DDPMScheduler(), x_T, rngs=rngs(3, 4),
+                                                               num_steps=5))

@@ -34,6 +34,7 @@ the latent alone; the model's weights stay frozen through ``requires_grad_(False
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
@@ -170,7 +171,12 @@ def sample(model: Model, scheduler: Any, x_T: torch.Tensor | None = None, *, sha
         raise ValueError(f"at most one guiding hook per run, got {[type(h).__name__ for h in guides]}")
     device = x_T.device if x_T is not None else torch.device(device or "cpu")
     scheduler.set_timesteps(num_steps, device=device)
-    step_kw = {"eta": eta} if "eta" in scheduler.step.__code__.co_varnames else {}
+    # only what this scheduler's step takes: DDIM takes eta, PNDM (SD's default) neither eta nor a
+    # generator (it adds no noise); passing either to it is a TypeError
+    accepted = inspect.signature(scheduler.step).parameters
+    step_kw = {"eta": eta} if "eta" in accepted else {}
+    if "generator" in accepted:
+        step_kw["generator"] = list(rngs)
 
     # 0. the start noise, each row from its own generator
     x = x_T.clone() if x_T is not None else per_sample_randn(shape[1:], rngs, device) * scheduler.init_noise_sigma
@@ -191,7 +197,7 @@ def sample(model: Model, scheduler: Any, x_T: torch.Tensor | None = None, *, sha
             for h in hooks:
                 x, eps = h.on_prediction(ctx, x, eps)
             # 4. the scheduler step x_t → x_{t−1}; variance noise from each sample's generator
-            x = scheduler.step(eps, t, x, generator=list(rngs), **step_kw).prev_sample
+            x = scheduler.step(eps, t, x, **step_kw).prev_sample
             # 5. after the step: blend the background in at level t
             for h in hooks:
                 x = h.after_step(ctx, x)
