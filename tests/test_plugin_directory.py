@@ -35,6 +35,24 @@ def test_committed_directory_matches_the_installed_plugins(reg) -> None:
                     f"first) and commit it with tools/plugin_timings.json\n{diff}", pytrace=False)
 
 
+def test_readme_methods_table_matches_the_installed_plugins(reg) -> None:
+    readme = (ROOT / "README.md").read_text()
+    if tool.with_readme_section(readme, tool.render_readme_section(reg)) != readme:
+        pytest.fail("README.md's methods table is stale: run `make plugins-doc` and commit README.md", pytrace=False)
+
+
+def test_readme_section_lists_every_generator_under_its_category(reg) -> None:
+    from anoplug.specs import CATEGORIES
+
+    section = tool.render_readme_section(reg)
+    for name in reg.specs("generators"):
+        cls = reg.generator_class(name)
+        row = next(line for line in section.splitlines() if f"`{name}`" in line)
+        assert row.startswith(f"| {tool._cell(CATEGORIES.get(cls.category, cls.category))} |"), row
+    with pytest.raises(ValueError, match="markers"):
+        tool.with_readme_section("# no markers here", section)
+
+
 def test_rows_come_from_the_generator_class(reg, monkeypatch) -> None:
     cls = reg.generator_class("draem")
     monkeypatch.setattr(cls, "paper", Paper("A | piped title", venue="V", year=1999, url="https://example.org/p",
