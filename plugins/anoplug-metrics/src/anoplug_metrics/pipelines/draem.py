@@ -23,6 +23,7 @@ from torch import nn
 
 from anoplug_metrics.detector import DiscriminativeUNet, focal_loss
 from anoplug_metrics.pipelines._common import Callback, Detector, SyntheticSet, draw_batch, lr_of, max_mean_filtered
+from anoplug_metrics.weak import weak_focal_loss
 
 __all__ = ["Config", "ReconstructiveNet", "DraemDetector", "draem_ssim", "draem_init", "train"]
 
@@ -40,6 +41,7 @@ class Config:
     base_width: int = 64  # discriminative sub-network
     rec_width: int = 128  # reconstructive sub-network
     focal_gamma: float = 2.0
+    weak_p_cutoff: float | None = None  # AnoGen's box supervision (anoplug_metrics.weak), e.g. 0.1; None = off
 
     CPU: ClassVar[dict[str, Any]] = {"steps": 300, "base_width": 8, "rec_width": 16, "lr": 1e-3, "size": 128}
 
@@ -129,11 +131,13 @@ def draem_ssim(img1: torch.Tensor, img2: torch.Tensor, window_size: int = 11) ->
 
 
 def draem_loss(reconstruction: torch.Tensor, clean: torch.Tensor, seg_logits: torch.Tensor, mask: torch.Tensor,
-               gamma: float) -> dict[str, torch.Tensor]:
-    """``L2(rec, clean) + (1 - SSIM(rec, clean)) + focal(softmax(seg), mask)``, with the three terms."""
+               gamma: float, weak_p_cutoff: float | None = None) -> dict[str, torch.Tensor]:
+    """``L2(rec, clean) + (1 - SSIM(rec, clean)) + focal(softmax(seg), mask)``, with the three terms
+    (the focal term under AnoGen's weak loss mask when ``weak_p_cutoff`` is set)."""
     l2 = F.mse_loss(reconstruction, clean)
     ssim = 1.0 - draem_ssim(reconstruction, clean)[0]
-    focal = focal_loss(seg_logits, mask, gamma)
+    focal = focal_loss(seg_logits, mask, gamma) if weak_p_cutoff is None else \
+        weak_focal_loss(seg_logits, mask, gamma, weak_p_cutoff)
     return {"loss": l2 + ssim + focal, "l2": l2, "ssim": ssim, "focal": focal}
 
 
@@ -181,7 +185,7 @@ def train(normals: torch.Tensor, synthetic: SyntheticSet, cfg: Config, *, seed: 
         image, clean, mask = (t.to(device) for t in draw_batch(ctx.generator, normals, synthetic, cfg.batch_size,
                                                                    cfg.anomaly_prob))
         reconstruction, logits = det.segment(image)
-        return {**draem_loss(reconstruction, clean, logits, mask, cfg.focal_gamma), "lr": lr}
+        return {**draem_loss(reconstruction, clean, logits, mask, cfg.focal_gamma, cfg.weak_p_cutoff), "lr": lr}
 
     def on_update(done: int, total: int, row: dict) -> None:
         if callback is not None and eval_every and done % eval_every == 0:

@@ -1,0 +1,1 @@
+"""AnoGen: few-shot textual inversion + box-blended DDIM (weak box labels)."""
