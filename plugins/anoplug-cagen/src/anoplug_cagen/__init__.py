@@ -1,0 +1,1 @@
+"""CAGEN: ControlNet mask-controlled anomalies with latent fusion."""
