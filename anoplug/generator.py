@@ -298,6 +298,12 @@ class Generator:
         ctmp.replace(d / "config.json")
         return d
 
+    def mark_fitted(self, fitted: bool = True) -> Generator:
+        """Declare the weights trained when they came from outside :meth:`fit`: a saved directory read by a
+        plugin's own ``load``, or a converted third-party model (e.g. a diffusers folder)."""
+        self._fitted = bool(fitted)
+        return self
+
     def restore_config(self, config: dict[str, Any]) -> None:
         """Rebuild what ``config`` (written by :meth:`config`) describes before weights load.
 
@@ -360,8 +366,7 @@ class Generator:
         obj = cls(**cfg.get("params", {}))
         obj.restore_config(cfg)
         obj.load_weights(d)
-        obj._fitted = bool(cfg.get("fitted", True))
-        return obj
+        return obj.mark_fitted(bool(cfg.get("fitted", True)))
 
     def load_weights(self, directory: str | Path) -> None:
         """Read ``weights.safetensors`` of ``directory`` into this generator's modules and extra state.

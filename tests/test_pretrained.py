@@ -194,3 +194,10 @@ def test_generation_time_parameters_change_over_a_shipped_checkpoint_and_nothing
                  str(tmp_path / "o"), "-q", "-p", "strength=0"]) == 0
     rec = json.loads((tmp_path / "o" / "metal" / "manifest.jsonl").read_text().splitlines()[0])
     assert rec["params"]["strength"] == 0.0
+
+
+def test_mark_fitted_is_the_public_way_to_declare_outside_weights_trained(tint):
+    gen = tint()
+    assert not gen.is_fitted
+    assert gen.mark_fitted() is gen and gen.is_fitted
+    assert not gen.mark_fitted(False).is_fitted

@@ -475,8 +475,7 @@ class AnomalyHybridGlobal(AnomalyHybrid):
         if isinstance(cfg, dict) and cfg.get("name") == AnomalyHybrid.name:
             obj = cls(**{k: v for k, v in dict(cfg.get("params", {})).items() if k != "decoder"})
             obj.load_weights(d)
-            obj._fitted = bool(cfg.get("fitted", True))
-            return obj
+            return obj.mark_fitted(bool(cfg.get("fitted", True)))
         return super().load(d)
 
     def sample(self, batch: Batch, rngs: Sequence[torch.Generator]) -> Samples:

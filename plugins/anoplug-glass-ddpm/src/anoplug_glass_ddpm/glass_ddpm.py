@@ -233,8 +233,8 @@ class GlassDDPM(LearnedGenerator):
                       "beta_end": cfg.get("beta_end", 0.02), **params}
         size = unet.config.sample_size
         gen = cls(**{"resolution": size if isinstance(size, int) else size[0], **params})
-        gen.unet, gen._fitted = unet.eval(), True
-        return gen
+        gen.unet = unet.eval()
+        return gen.mark_fitted()
 
     # -- 1. data: the defective class only ---------------------------------------------------------------
     def build(self, normals: Batch | None, anomalies: Batch | None, generator: torch.Generator) -> dict[str, Any]:
