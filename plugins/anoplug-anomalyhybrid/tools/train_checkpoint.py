@@ -42,23 +42,20 @@ def main() -> None:
     from anoplug_anomalyhybrid.anomalyhybrid import AnomalyHybrid
 
     from anoplug.data import open_dataset
+    from anoplug.train.log import print_every
 
     torch.set_num_threads(args.threads)
     normals = open_dataset("toy:surface3d", split="train", size=64).all()
     gen = AnomalyHybrid(**RECIPE, fit_steps=args.steps)
     t0 = time.perf_counter()
-    last = [t0]
+    log = print_every(50)
 
     def progress(step: int, total: int, row: dict) -> None:
-        if step % 50 == 0 or step == total:
-            now = time.perf_counter()
-            print(f"step {step}/{total}  {now - last[0]:.1f} s  " + "  ".join(
-                f"{k}={v:.3f}" for k, v in row.items() if isinstance(v, float)), flush=True)
-            last[0] = now
+        log(step, total, row)
         if step % 250 == 0 and step < total:
-            gen._fitted, was = True, gen._fitted
-            gen.save(args.out)  # a usable partial checkpoint while the run goes on
-            gen._fitted = was
+            was = gen.is_fitted
+            gen.mark_fitted().save(args.out)  # a usable partial checkpoint while the run goes on
+            gen.mark_fitted(was)
 
     gen.fit(normals, progress=progress)
     seconds = time.perf_counter() - t0

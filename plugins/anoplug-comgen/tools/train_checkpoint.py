@@ -39,20 +39,13 @@ def main() -> None:
     from anoplug_comgen.method import Comgen
 
     from anoplug.data import open_dataset
+    from anoplug.train.log import print_every
 
     torch.set_num_threads(1)
     normals = open_dataset("toy:tray", split="train", size=64).all()
     gen = Comgen(**RECIPE, **GENERATION, fit_steps=args.steps)
     t0 = time.perf_counter()
-    last = [t0]
-
-    def progress(step: int, total: int, row: dict) -> None:
-        if step % 50 == 0 or step == total:
-            now = time.perf_counter()
-            print(f"step {step}/{total}  {now - last[0]:.1f} s  loss={row['loss']:.4f}", flush=True)
-            last[0] = now
-
-    gen.fit(normals, progress=progress)
+    gen.fit(normals, progress=print_every(50))
     seconds = time.perf_counter() - t0
     gen.save(args.out)
     docs = Path(args.docs)
