@@ -9,4 +9,4 @@ TITLE = ("Anomagic: zero-shot cross-product defects from a masked reference imag
 @hookimpl
 def anoplug_generators() -> list[GeneratorSpec]:
     return [GeneratorSpec("anomagic", "anoplug_anomagic.method:Anomagic", title=TITLE,
-                          category="multimodal-text-image", needs_fit=True)]
+                          category="multimodal-text-image", tags=("mask",), needs_fit=True)]

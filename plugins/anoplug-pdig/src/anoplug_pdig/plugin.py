@@ -7,4 +7,4 @@ from anoplug import GeneratorSpec, hookimpl
 def anoplug_generators() -> list[GeneratorSpec]:
     return [GeneratorSpec("pdig", "anoplug_pdig.method:Pdig",
                           title="PDIG: PV defects from semantic concept embeddings, a style adaptor and "
-                                "boundary-smoothing constraints", category="diffusion-text", needs_fit=True)]
+                                "boundary-smoothing constraints", category="diffusion-text", tags=("mask",), needs_fit=True)]
