@@ -220,6 +220,25 @@ def test_cpu_preset_and_explicit_values():
     assert (d.steps, d.gamma, d.guidance, d.scale_factor, d.scheduler) == (200, 0.3, 12.5, 50.0, "pndm")
 
 
+def test_a_saved_generator_takes_any_parameter_and_its_preset(tmp_path, capsys):
+    """Training-free: every parameter may change on a saved AnomalyAny (``--load DIR -p ...``), and a changed
+    preset brings its settings.
+
+    Catches ``generation_params`` left empty (the host would refuse ``-p`` after ``--load``, saying the
+    parameters describe a trained model that does not exist) and ``preset`` renamed without its steps/γ."""
+    from anoplug.cli import main
+
+    A.AnomalyAny().save(tmp_path / "saved")
+    g = A.AnomalyAny.load(tmp_path / "saved")
+    assert (g.params.steps, g.params.gamma) == (200, 0.3)
+    g.with_generation_params(preset="cpu", guidance=5.0)
+    assert (g.params.preset, g.params.steps, g.params.gamma, g.params.guidance) == ("cpu", 20, 0.5, 5.0)
+    code = main(["generate", "anomalyany", "--load", str(tmp_path / "saved"), "--data", "toy:capsule", "--size",
+                 "64", "-n", "1", "--out", str(tmp_path / "o"), "-q", "--workers", "1", "--prompt", PROMPT,
+                 "-p", "steps=4", "-p", "gamma=0.5", "-p", "inner_iterations=1", "-p", "prompt_init_steps=0"])
+    assert code == 0, capsys.readouterr().err
+
+
 def test_kit_batch_has_object_mask():
     assert make_toy_batch(1, 64).object_mask is not None
 

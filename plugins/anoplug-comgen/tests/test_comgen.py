@@ -299,3 +299,34 @@ def test_end_to_end_mask_is_tighter_than_the_edited_region(edits):
         ious.append((float((m & seen).sum() / (m | seen).sum()), float((region & seen).sum() / (region | seen).sum())))
     assert sum(a for a, _ in ious) > sum(r for _, r in ious), ious
 
+
+
+# -- generation-time parameters on the shipped checkpoint --------------------------------------------------
+def test_shipped_checkpoint_takes_generation_params_and_refuses_training_ones(tray, tmp_path, capsys):
+    """Catches: ``generation_params`` not declared (every change refused, ``-p`` unusable with the shipped
+    model), a declared knob the generator never reads (same output), and a training parameter let through.
+
+    ``strength`` (the share of the DDIM schedule run, img2img-style) is read only at generation: from the
+    same seed and the same planned edit, strength 1 redraws the edited region from noise where the
+    shipped 0.4 starts it from the layout collage. The number of components or the learning rate
+    describe the learned rows and must be refused, in Python and on the command line.
+    """
+    from anoplug.cli import main
+    from anoplug.params import ParamError
+
+    assert {"steps", "guidance", "strength", "low_density_power", "residual_threshold"} <= set(
+        Comgen.generation_params)
+    assert not {"n_components", "lr", "fit_steps", "base_model", "memory_size"} & set(Comgen.generation_params)
+    b = tray[[0]].with_conditions(defect_type=["missing"])
+    shipped = Comgen.from_pretrained("tray").with_generation_params(steps=4)
+    full = Comgen.from_pretrained("tray").with_generation_params(steps=4, strength=1.0)
+    assert shipped.params.strength == 0.4 and full.params.strength == 1.0 and full.is_fitted
+    a, c = shipped.generate(b, seed=0), full.generate(b, seed=0)
+    assert a.samples == c.samples  # the same edit: only the sampler changed
+    assert float((a.image - c.image).abs().max()) > 0.05
+    with pytest.raises(ParamError, match="n_components"):
+        Comgen.from_pretrained("tray").with_generation_params(n_components=3)
+    code = main(["generate", "comgen", "--data", "toy:tray", "--size", "64", "-n", "1", "--out",
+                 str(tmp_path / "o"), "-q", "-p", "lr=0.1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--param lr cannot be combined" in err and "low_density_power" in err, err

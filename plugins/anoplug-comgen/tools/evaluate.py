@@ -10,6 +10,9 @@ input (seed 0), then per type:
 - ``iou_component``: IoU of the mask with the changed component's footprint (the removed,
   added, moved or swapped parts, from the sample's record, not dilated) - the "changed region";
 - ``cover_component``: share of that footprint inside the mask;
+- ``precision_component``: share of the mask on that footprint (mask precision w.r.t. the changed
+  component; the mask may also hold the dilation band and the visible edit around the part);
+- ``precision_visible``: share of the mask that visibly changed (max channel |Δ| > 0.1);
 - ``iou_visible``: IoU of the mask with the visible change (max channel |Δ| > 0.1);
 - ``change_in_component``: mean max-channel |Δ| over the footprint (how strongly it was edited);
 - ``outside_raw``: with ``paste_background=False`` (the raw generation), the share of visibly
@@ -72,7 +75,7 @@ def main() -> None:
         records = [s for o in outs for s in o.samples]
         half = min(8, len(b))
         raw_out = raw.generate(b[:half], seeds=list(range(half)))
-        ious, covers, vis, strength, outside = [], [], [], [], []
+        ious, covers, vis, strength, outside, prec, prec_vis = [], [], [], [], [], [], []
         for i in range(len(b)):
             fp = footprint(gen, b, i, records[i])
             m = mask[i, 0] > 0.5
@@ -80,6 +83,8 @@ def main() -> None:
             seen = change > 0.1
             ious.append(float((m & fp).sum() / (m | fp).sum().clamp_min(1)))
             covers.append(float((m & fp).sum() / fp.sum().clamp_min(1)))
+            prec.append(float((m & fp).sum() / m.sum().clamp_min(1)))
+            prec_vis.append(float((m & seen).sum() / m.sum().clamp_min(1)))
             vis.append(float((m & seen).sum() / (m | seen).sum().clamp_min(1)))
             strength.append(float(change[fp].mean()) if bool(fp.any()) else 0.0)
             if i < half:
@@ -89,6 +94,7 @@ def main() -> None:
         mean = lambda v: round(sum(v) / max(len(v), 1), 3)  # noqa: E731
         report["types"][kind] = {"realised": mean([float(lab == kind) for lab in labels]),
                                  "iou_component": mean(ious), "cover_component": mean(covers),
+                                 "precision_component": mean(prec), "precision_visible": mean(prec_vis),
                                  "iou_visible": mean(vis), "change_in_component": mean(strength),
                                  "outside_raw": mean(outside), "s_per_image": round(seconds, 2)}
         print(kind, report["types"][kind], flush=True)

@@ -187,3 +187,27 @@ def test_prompt_names_the_type_and_mask_covers_the_change(shipped, cells):
     changed = (out.image != cells.image).any(1, keepdim=True)
     assert bool((changed <= out.mask.bool()).all())
     assert "<pdig_" in out.meta[0]["prompt"]
+
+
+# -- generation-time parameters on the shipped checkpoint ---------------------------------------------------
+def test_shipped_checkpoint_takes_generation_params_and_refuses_training_ones(shipped, tmp_path, capsys):
+    """A preset changed on the shipped model brings its sampling settings; training parameters are refused.
+
+    Catches ``-p preset=cpu`` renaming the preset but keeping the checkpoint's 50 steps (the preset
+    validator fills absent fields only, and a saved model has them all), and a weight-shaping
+    parameter (LISA's style tokens, the learning rate) let through in Python or on the command line."""
+    from anoplug.cli import main
+    from anoplug.params import ParamError
+
+    g = Pdig.from_pretrained("elcells")
+    assert (g.params.steps, g.params.guidance) == (50, 7.5)
+    g.with_generation_params(preset="cpu")
+    assert (g.params.preset, g.params.steps, g.params.guidance) == ("cpu", 20, 5.0)
+    g.with_generation_params(preset="cpu", steps=4)  # an explicit value still wins
+    assert g.params.steps == 4 and g.is_fitted
+    with pytest.raises(ParamError, match="style_tokens"):
+        g.with_generation_params(style_tokens=8)
+    code = main(["generate", "pdig", "--data", "toy:tile", "--size", "64", "-n", "1", "--out", str(tmp_path / "o"),
+                 "-q", "-p", "lr=0.1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--param lr cannot be combined" in err and "tidsc_iterations" in err, err

@@ -3,7 +3,8 @@
     OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 .venv/bin/python plugins/anoplug-pdig/tools/evaluate.py [--preset cpu]
 
 Prints s/image at 1 thread, mask precision (changed pixels outside the target mask, IoU of the
-output mask with the visible change, target coverage), the boundary gradient with and without
+output mask with the visible change, share of the mask that visibly changed, share of the mask on the
+target, target coverage), the boundary gradient with and without
 TIDSC's smoothing, and writes ``docs/grid.png`` (rows: input, output, output mask, real defect).
 """
 
@@ -43,12 +44,15 @@ def main() -> None:
     outside = float((changed * (1 - target)).sum() / changed.sum().clamp_min(1))
     iou = float((changed * out.mask).sum() / ((changed + out.mask) > 0).float().sum().clamp_min(1))
     coverage = float((changed * target).sum() / target.sum().clamp_min(1))
+    precision = float((changed * out.mask).sum() / out.mask.sum().clamp_min(1))  # mask pixels that changed
+    in_target = float((target * out.mask).sum() / out.mask.sum().clamp_min(1))  # mask pixels on the target
     plain = g.with_generation_params(tidsc_iterations=0).generate(batch, seed=0)
     region = torch.nn.functional.max_pool2d(target, 2 * g.params.region_dilation + 1, stride=1,
                                             padding=g.params.region_dilation)
     res = {"preset": a.preset, "steps": g.params.steps, "s_per_image_1thread": round(per_image, 2),
            "changed_outside_target_share": round(outside, 3), "iou_mask_vs_visible_change": round(iou, 3),
-           "target_coverage": round(coverage, 3),
+           "target_coverage": round(coverage, 3), "mask_precision_visible_change": round(precision, 3),
+           "mask_share_on_target": round(in_target, 3),
            "boundary_grad_with_tidsc": round(tidsc.boundary_gradient(out.image, region), 4),
            "boundary_grad_without_tidsc": round(tidsc.boundary_gradient(plain.image, region), 4),
            "boundary_grad_input": round(tidsc.boundary_gradient(normals.image, region), 4)}

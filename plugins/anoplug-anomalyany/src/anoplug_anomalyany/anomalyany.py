@@ -176,6 +176,16 @@ class AnomalyAny(Generator):
                         conditions=("prompt",), accepts=("target_mask",))
     smoke_params = {"preset": "cpu", "steps": 10, "inner_iterations": 2, "prompt_init_steps": 2}
     preserves_outside_mask: ClassVar[bool] = False  # the whole latent is re-generated (paste_outside_mask is opt-in)
+    #: training-free: no parameter describes learned weights, so every one may change on a saved generator
+    #: (``anoplug generate anomalyany --load DIR -p steps=40``); the host refuses all of them otherwise.
+    generation_params: ClassVar[tuple[str, ...]] = tuple(AnomalyAnyParams.model_fields)
+
+    def with_generation_params(self, **overrides: Any) -> AnomalyAny:
+        """As the host's, but a changed ``preset`` also brings its settings (unless given too): the preset
+        validator fills absent fields only, and a saved generator's parameters are all present."""
+        if overrides.get("preset") in PRESETS:
+            overrides = {**PRESETS[overrides["preset"]], **overrides}
+        return super().with_generation_params(**overrides)
 
     def __init__(self, params: Any = None, **kw: Any) -> None:
         super().__init__(params, **kw)

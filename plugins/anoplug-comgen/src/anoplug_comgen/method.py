@@ -148,6 +148,14 @@ class Comgen(LearnedGenerator):
     requires = Requires(fit=True, weights="Stable Diffusion v1.x (offline: tiny-base)", accepts=("defect_type",))
     preserves_outside_mask: ClassVar[bool] = True  # with paste_background (the default)
     pretrained: ClassVar[dict[str, str]] = {"tray": "weights/tray"}
+    #: read only by ``sample`` / ``generate_batch``: the edit (type, placement), the sampler, the mask rule.
+    #: The rest describes what ``fit`` learned (base model, components, MCL settings, the reference memory)
+    #: and stays as saved; ``min_instance_pixels`` is also read when parsing an input, but it defines the
+    #: components the centroids were fitted on, so it stays with them.
+    generation_params: ClassVar[tuple[str, ...]] = (
+        "defect_type", "steps", "eta", "guidance", "negative", "init", "strength", "region_dilation",
+        "low_density_power", "support_radius", "clearance", "references", "residual_scales", "residual_threshold",
+        "attention_floor", "attention_t", "paste_background")
 
     def __init__(self, params: Any = None, **kw: Any) -> None:
         super().__init__(params, **kw)
