@@ -171,7 +171,7 @@ from anoplug_anogen.anogen import AnoGen
 from anoplug.types import to_uint8
 
 anogen = AnoGen.from_pretrained(CATEGORY)  # one vector per metal defect type (50 inversion steps each, cpu recipe)
-anogen.params = anogen.params.model_copy(update={"steps": SHIPPED_STEPS})  # fewer DDIM steps than the paper's 50
+anogen.with_generation_params(steps=SHIPPED_STEPS)  # fewer DDIM steps than the paper's 50
 ag_boxes = [[("stain", 0.2, 0.2, 0.55, 0.5)], [("hole", 0.45, 0.5, 0.8, 0.85)]]
 ag_boxes = [ag_boxes[i % 2] for i in range(N_IMAGES)]
 t0 = time.perf_counter()
@@ -213,7 +213,7 @@ ag_explorer
 from anoplug_cagen.method import Cagen
 
 cagen = Cagen.from_pretrained("metal")  # 12 shots: 3 per metal defect type
-cagen.params = cagen.params.model_copy(update={"steps": SHIPPED_STEPS})  # shipped: 20 DDIM steps, CFG 3
+cagen.with_generation_params(steps=SHIPPED_STEPS)  # shipped: 20 DDIM steps, CFG 3
 cg_asked = normals.with_conditions(target_mask=masks, defect_type=[DEFECT] * N_IMAGES)
 t0 = time.perf_counter()
 cg_out = cagen.generate(cg_asked, seed=SEED)

@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -12,7 +14,7 @@
 # ---
 
 # %% [markdown]
-# # 02.3.3.1 · Text and image together: AnoStyler
+# # 02.3.3.1 · Text and image together: AnoStyler and AnomalyControl
 #
 # **Objectives.**
 # 1. Say what each input contributes when words and a picture are combined: the **normal
@@ -24,8 +26,12 @@
 # 3. Run **AnoStyler** (AAAI 2026) live on one small image: a fresh 0.6 M-parameter style U-Net,
 #    optimised with directional CLIP losses inside a mask. Plot its loss terms step by step.
 # 4. Read honestly what a 0.5 M-parameter CLIP can and cannot judge.
+# 5. See **AnomalyControl** take the defect from a reference image and its caption: plot the Q-Former's
+#    attention before and after ASEA, and check that the reference reaches the image only through the
+#    adapter's tokens.
 #
-# **Runtime budget.** About a minute on a laptop CPU (smoke mode: under 40 s). No GPU, no download:
+# **Runtime budget.** About a minute on a laptop CPU (smoke mode: under 40 s; AnomalyControl's section
+# adds about 10 s in both). No GPU, no download:
 # the CLIP is the committed tiny one (`anoplug/assets/tiny_clip`, 64 px, trained on toy images
 # and captions), the content network the host's VGG16 (`make setup` converts it once).
 #
@@ -283,17 +289,125 @@ assert explorer.error is None and explorer.result is not None
 explorer
 
 # %% [markdown]
-# ## 5. Coming next in this category
+# ## 5. AnomalyControl: a reference anomaly and its caption, steered into the mask
+#
+# AnomalyControl (He et al., arXiv 2412.06510) takes the *picture* from a reference anomaly instead of
+# asking a judge like CLIP for a direction. Each input has one job:
+#
+# | input | what it carries | in AnomalyControl |
+# |---|---|---|
+# | reference image + mask | *what the defect looks like* | read by a frozen BLIP-2 Q-Former (CSM) |
+# | reference caption | *what it is called* | read by the same Q-Former, together with the image |
+# | target mask on a normal image | *where* | the inpainting UNet paints only there; blurred composite |
+#
+# **ASEA** adds a learnable prompt to the Q-Former's image tokens and takes 5 Adam steps so that the
+# queries' cross-attention falls inside the reference mask; the resulting features, averaged, become 4
+# extra tokens of an IP-Adapter-style branch in the UNet (**SGA**). Offline the Q-Former is a tiny random
+# one (8×8 patch grid) and the UNet the committed tiny inpainting base, so watch the *mechanism*, not the
+# realism. *Predict first:* before ASEA, what fraction of the attention falls in a defect covering 1 of
+# 64 patches?
+
+# %%
+from anoplug_anomalycontrol.asea import in_mask_fraction
+from anoplug_anomalycontrol.method import AnomalyControl
+
+from anoplug.data.toy import render
+from anoplug.types import Batch
+
+
+def first_defect(category: str, start: int = 1) -> Batch:
+    """The first defective toy test sample from ``start`` on (image, mask, caption)."""
+    for i in range(start, start + 40):
+        b = render(category, "test", i, 0, 64)
+        if b.label[0] != "good" and bool(b.mask.any()):
+            return b
+    raise RuntimeError(category)
+
+
+def stack(parts: list[Batch]) -> Batch:
+    """Concatenate single toy samples (textures have no object mask, objects do: keep image, mask, caption)."""
+    return Batch(image=torch.cat([b.image for b in parts]), mask=torch.cat([b.mask for b in parts]),
+                 label=[b.label[0] for b in parts], meta=[b.meta[0] for b in parts],
+                 text=[(b.text or [""])[0] for b in parts])
+
+
+ac = AnomalyControl.from_pretrained()  # shipped 'toy-defects' weights
+pairs = [("tile", "capsule", 2), ("carpet", "fabric", 3), ("bottle", "nut", 1)]  # target <- reference product
+refs = stack([first_defect(r, i) for _, r, i in pairs])
+targets = stack([render(t, "train", 0, 0, 64) for t, _, _ in pairs])
+ref_caps = [[t] for t in refs.text]
+ac_out = ac.generate(targets.with_conditions(references=refs.image[:, None], reference_masks=refs.mask[:, None],
+                                             reference_captions=ref_caps, target_mask=refs.mask), seed=SEED)
+asea = ac.last_asea
+grid_mask = ac.csm.grid_mask(refs.mask)
+frac_before = in_mask_fraction(asea.before, grid_mask)
+frac_after = in_mask_fraction(asea.output.attention, grid_mask)
+g = ac.csm.grid
+fig, axes = plt.subplots(5, len(pairs), figsize=(2.3 * len(pairs), 11.5))
+for j, (t, r, _) in enumerate(pairs):
+    cells = F.interpolate(refs.mask[j:j + 1], size=(g, g), mode="nearest")[0, 0]
+    axes[0, j].imshow(refs.image[j].permute(1, 2, 0))
+    axes[0, j].contour(refs.mask[j, 0], levels=[0.5], colors="r", linewidths=0.8)
+    axes[0, j].set_title(f"reference: {r}\n{ref_caps[j][0][:26]}", fontsize=7)
+    for i, (att, frac, name) in enumerate([(asea.before, frac_before, "before"), (asea.output.attention, frac_after,
+                                                                                   "after")], 1):
+        axes[i, j].imshow(att[j].reshape(g, g), cmap="magma")
+        axes[i, j].contour(cells, levels=[0.5], colors="c", linewidths=0.8)
+        axes[i, j].set_title(f"attention {name} ASEA: {float(frac[j]):.2f} in mask", fontsize=7)
+    axes[3, j].imshow(targets.image[j].permute(1, 2, 0))
+    axes[3, j].set_title(f"target: {t}", fontsize=7)
+    axes[4, j].imshow(ac_out.image[j].permute(1, 2, 0))
+    axes[4, j].contour(ac_out.mask[j, 0], levels=[0.5], colors="y", linewidths=0.6)
+    axes[4, j].set_title("AnomalyControl (mask in yellow)", fontsize=7)
+for ax in axes.flat:
+    ax.set_xticks([])
+    ax.set_yticks([])
+fig.tight_layout()
+plt.show()
+print("in-mask attention before:", [round(float(v), 3) for v in frac_before],
+      "after:", [round(float(v), 3) for v in frac_after])
+assert bool((frac_after > frac_before).all()), "ASEA moves the Q-Former's attention into the reference mask"
+
+# %% [markdown]
+# Before ASEA the attention is spread over the grid: a defect on one patch gets about 1/64 ≈ 0.016 of it.
+# After 4 prompt updates (the official code keeps the features of its 5th forward pass) it gets 0.2–0.3.
+#
+# ### Exercise 3: is the reference really what paints the defect?
+#
+# The reference can only reach the UNet through the 4 SG tokens. Set their scale to 0 and paint the same
+# target with two *different* references (same caption): what do you expect? Then check.
+
+# %%
+def paint(ref_ids: list[int], scale: float) -> torch.Tensor:
+    ac.with_generation_params(sga_scale=scale)
+    cond = dict(references=refs.image[ref_ids, None], reference_masks=refs.mask[ref_ids, None],
+                reference_captions=[["a defect"]] * len(ref_ids), target_mask=refs.mask[[0, 0]])
+    return ac.generate(targets[[0, 0]].with_conditions(**cond), seed=SEED).image
+
+
+same_scale0 = torch.equal(paint([0, 1], 0.0), paint([1, 2], 0.0))
+diff_scale1 = float((paint([0, 1], 1.0) - paint([1, 2], 1.0)).abs().max())
+ac.with_generation_params(sga_scale=1.0)
+print(f"scale 0: two references give identical images: {same_scale0}; scale 1: max difference {diff_scale1:.3f}")
+assert same_scale0 and diff_scale1 > 0
+
+# %% [markdown]
+# ## 6. Coming next in this category
 #
 # - **Anomagic** (issue 23, item 2): a reference anomaly *of another product* painted into an
 #   inpainting model through a mask-restricted visual prompt, IP-Adapter tokens and LoRA, with a
 #   contrastive mask refinement. Its plugin is being written; its section will go here.
-# - **AnomalyControl** (He et al., issue 23, item 3): a reference anomaly and its caption turned into
-#   cross-modal features by a Q-Former, steered into the reference mask (ASEA), injected into an
-#   inpainting UNet (SGA).
 #
-# ## 6. What the paper reports vs what you see here
+# ## 7. What the paper reports vs what you see here
 #
+# - **AnomalyControl** (He et al., arXiv 2412.06510). *Paper / official code:* a frozen BLIP-2 Q-Former
+#   (EVA-ViT-g, 16×16 grid, 32 queries), ASEA with 5 Adam steps, the SGA trained 200k steps on
+#   MVTec-Caption over SD-inpainting at 512², 50 steps at strength 0.7, CFG 7. *Here:* a tiny random
+#   Q-Former stored with the shipped weights (8×8 grid, 4 queries), the SGA trained 1,500 steps on 54 toy
+#   defects over the tiny inpainting base at 64². Faithful and checked above: the ASEA loss and its effect
+#   on the attention, the SG tokens as the only way the reference enters, the blurred composite. Not
+#   reproduced: BLIP-2's language-grounded features and the realism; a real `qformer=` BLIP-2 folder and
+#   `base_model=` SD-inpainting folder run the same code (plugin README).
 # - **AnoStyler** (So & Kang, AAAI 2026). *Paper:* CLIP ViT-B/32, 512² images, 64 crops of 128², 76 steps,
 #   SAM for the foreground, VGG19 content; realistic text-named defects on MVTec AD and VisA with
 #   masks, and downstream detection gains, at about 9.5 TFLOPs per image on one GPU. *Here:* the

@@ -180,6 +180,11 @@ class AnoGen(LearnedGenerator):
                         accepts=("boxes", "defect_type"))
     preserves_outside_mask: ClassVar[bool] = False  # the whole image is decoded (paste_background=True makes it exact)
     #: one checkpoint per toy category (its defect types' vectors), trained by ``tools/train_shipped.py``
+    #: read at generation only (sampler, box drawing, mask rule); the learned vector and what it was fitted
+    #: from (base model, shots, inversion settings) stay as saved.
+    generation_params: ClassVar[tuple[str, ...]] = (
+        "prompt", "steps", "eta", "guidance", "object_category", "box_table", "rotate", "min_foreground",
+        "max_box_draws", "paste_background", "refine_threshold", "defect_type")
     pretrained: ClassVar[dict[str, str]] = {c: f"weights/{c}" for c in (
         "capsule", "nut", "bottle", "metal", "wood", "fabric", "carpet", "tile", "surface3d", "tray")}
 

@@ -138,6 +138,10 @@ class Cagen(LearnedGenerator):
                         accepts=("target_mask", "defect_type"))
     preserves_outside_mask: ClassVar[bool] = False  # the fused latent is decoded; paste_background=True makes it exact
     clip_grad_norm: ClassVar[float | None] = 1.0  # diffusers' ControlNet example
+    #: read at generation only (sampler, fusion, mask rule); the ControlNet and its training recipe stay as saved.
+    generation_params: ClassVar[tuple[str, ...]] = (
+        "steps", "eta", "guidance", "conditioning_scale", "fusion", "final_fusion", "latent_mask_rule",
+        "latent_mask_threshold", "paste_background", "defect_type")
     pretrained: ClassVar[dict[str, str]] = {"metal": "weights/metal"}  # tools/train_shipped.py (float16 on disk)
     smoke_params: ClassVar[dict[str, Any]] = {"steps": 2}
 
