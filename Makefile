@@ -13,6 +13,9 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export MPLBACKEND := Agg
+# Test processes (pytest-xdist; each holds its own models, ~2.5 GB at most). 2 = CI's cores; the
+# work-stealing scheduler keeps both busy to the end instead of leaving one worker a long queue.
+PYTEST_WORKERS ?= 2
 
 .PHONY: setup demo test lint lab bench clean
 
@@ -35,7 +38,7 @@ demo: setup
 	$(VENV)/bin/anoplug demo --out out/demo
 
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist worksteal
 	ANOPLUG_SMOKE=1 $(PY) -m pytest -q --nbval-lax --nbval-current-env --nbval-cell-timeout=120 \
 		--nbval-sanitize-with notebooks/nbval_sanitize.cfg notebooks/
 

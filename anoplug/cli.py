@@ -31,7 +31,7 @@ NO_RESOURCE_CHECK = "ANOPLUG_NO_RESOURCE_CHECK"
 
 #: the ``generate`` flag that sets each per-sample condition
 CONDITION_FLAGS = {"target_mask": "--masks DIR", "boxes": "--boxes FILE", "prompt": "--prompt TEXT",
-                   "defect_type": "--defect-type NAME[,NAME...]"}
+                   "defect_type": "--defect-type NAME[,NAME...]", "references": "--references DIR"}
 
 
 class UserError(ValueError):
@@ -118,8 +118,12 @@ def cmd_info(args: argparse.Namespace) -> int:
         if req.uses:
             flags = {**CONDITION_FLAGS, "source_image": "paired automatically"}
             shown = [f"{c} ({'required' if c in req.conditions else 'optional'}; {flags.get(c, 'Python only')})"
-                     for c in req.uses if c not in ("source_object_mask", "reference_masks")]
+                     for c in req.uses if c not in ("source_object_mask", "reference_masks", "reference_captions")]
             print(f"conditions: {', '.join(shown)}")
+        if not getattr(cls, "provides_mask", True):
+            print("masks:     none by default (image-level labels: no ground_truth files, \"mask\": null)")
+        if req.reads_depth:
+            print(f"depth:     batch.depth ({'required' if req.depth else 'optional'}; the dataset's own, or --depth DIR)")
         if getattr(cls, "pretrained", None):
             print(f"shipped:   {', '.join(cls.pretrained)} (the first is used without --fit/--load; "
                   "pick one with --pretrained NAME)")
@@ -183,10 +187,11 @@ def _build_generator(name: str, param_pairs: Sequence[str], load: str | None = N
     if load or pretrained:
         overrides = _parse_params(param_pairs)
         if overrides:  # only what is read at generation time; the saved parameters describe the weights
-            other = [k for k in overrides if k not in cls.generation_params]
+            names = cls.generation_param_names()
+            other = [k for k in overrides if k not in names]
             if other:
                 flag = "--load" if load else "--pretrained (or a shipped default)"
-                allowed = ", ".join(cls.generation_params) or "none"
+                allowed = ", ".join(names) or "none"
                 raise UserError(f"--param {other[0]} cannot be combined with {flag}: the saved parameters describe "
                                 f"the trained model (generation-time parameters of {name}: {allowed})")
             from anoplug.params import coerce_value
@@ -407,7 +412,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.pretrained:
         print(f"using {args.name}'s shipped checkpoint {args.pretrained!r} ({cls.pretrained_path(args.pretrained)})")
     from anoplug.data import open_dataset
-    from anoplug.data.inputs import ConditionSource
+    from anoplug.data.inputs import ConditionSource, check_used
     from anoplug.data.writer import JOURNAL, MANIFEST, write_generated
 
     if gen.level != "image":
@@ -416,7 +421,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if gen.requires.fit and not gen.is_fitted and not args.fit:
         raise UserError(f"{args.load} holds an unfitted {args.name} (a checkpoint saved before fit?): "
                         "pass a directory written after fitting")
-    conditions = ConditionSource(masks=args.masks, boxes=args.boxes, prompt=args.prompt, defect_type=args.defect_type)
+    conditions = ConditionSource(masks=args.masks, boxes=args.boxes, prompt=args.prompt, defect_type=args.defect_type,
+                                 references=args.references, depth=args.depth)
+    check_used(gen, conditions)  # before a fit or anything is written
+    for extra in conditions.extras():  # a reference folder's masks or captions this method has no use for
+        if extra not in gen.requires.uses:
+            what = "masks (NAME_mask.*)" if extra == "reference_masks" else "captions"
+            print(f"note: {args.name} does not read reference {what}; --references {args.references} gives it "
+                  "the images only")
     for name in gen.requires.conditions:
         if name not in conditions.names() and not (name == "source_image" and gen.requires.paired_source):
             flag = CONDITION_FLAGS.get(name, name)
@@ -481,7 +493,8 @@ def _replay(args: argparse.Namespace) -> int:
 
     given = [flag for flag, v in (("NAME", args.name), ("--data", args.data), ("--param", args.param),
                                   ("--masks", args.masks), ("--boxes", args.boxes), ("--prompt", args.prompt),
-                                  ("--defect-type", args.defect_type), ("--pretrained", args.pretrained),
+                                  ("--defect-type", args.defect_type), ("--references", args.references),
+                                  ("--depth", args.depth), ("--pretrained", args.pretrained),
                                   ("--fit", args.fit), ("--fit-steps", args.fit_steps is not None),
                                   ("--anomalies", args.anomalies), ("--save", args.save)) if v]
     if given:
@@ -495,7 +508,12 @@ def _replay(args: argparse.Namespace) -> int:
 
 
 def demo_generators(reg: Any) -> list[str]:
-    """Installed image-level generators that need no training (what ``make demo`` shows)."""
+    """Installed image-level generators that need no training, no pretrained weights and no condition.
+
+    What ``make demo`` shows: the procedural methods, seconds for the whole set. A training-free
+    method that runs a network per image (AnoStyler optimises a U-Net per image, AnomalyAny needs a
+    prompt and a diffusion model) is one ``anoplug generate NAME`` away, not in the demo.
+    """
     names = []
     for name, spec in reg.specs("generators").items():
         if spec.needs_fit:
@@ -505,7 +523,8 @@ def demo_generators(reg: Any) -> list[str]:
         except Exception as e:  # a broken plugin must not stop the demo
             print(f"skipping {name}: {type(e).__name__}: {e}", file=sys.stderr)
             continue
-        if cls.level == "image" and not cls.requires.fit and not cls.requires.text and not cls.requires.depth:
+        r = cls.requires
+        if cls.level == "image" and not (r.fit or r.text or r.depth or r.weights or r.conditions):
             names.append(name)
     return names
 
@@ -630,6 +649,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argpars
     sp.add_argument("--prompt", metavar="TEXT", help="text prompt for every sample")
     sp.add_argument("--defect-type", metavar="NAME[,NAME...]",
                     help="defect type(s) to generate, cycled over the samples (methods fitted on several types)")
+    sp.add_argument("--references", metavar="DIR", help="reference anomalies given to every sample: NAME.png, optional "
+                    "NAME_mask.png, captions in captions.json {NAME: caption} or NAME.txt (docs/method_contract.md)")
+    sp.add_argument("--depth", metavar="DIR", help="depth maps, one per sample (sorted, cycled), replacing the data's: "
+                    "16/8-bit grey PNG or TIFF (scaled to [0,1]), float TIFF or .npy (as stored); larger = farther")
     sp.add_argument("--replay", metavar="MANIFEST", help="regenerate the dataset of this manifest from its recorded draws")
     sp.add_argument("--workers", type=int, default=None, metavar="N",
                     help="worker processes, each with its own model copy and one torch thread (default: this "

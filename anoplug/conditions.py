@@ -40,7 +40,9 @@ class Conditions:
     - ``source_image``: float32 ``[B,3,H,W]``, a second normal image to borrow content from
       (NSA's patch source), with ``source_object_mask`` ``[B,1,H,W]`` optionally;
     - ``references``: float32 ``[B,K,3,H,W]`` reference anomaly exemplars per sample, with
-      ``reference_masks`` ``[B,K,1,H,W]`` optionally.
+      ``reference_masks`` ``[B,K,1,H,W]`` optionally, and ``reference_captions`` optionally:
+      one list of K strings per sample, caption *k* describing reference *k* (methods that
+      pair an exemplar with its text, e.g. AnomalyControl's cross-modal prompt).
     """
 
     target_mask: torch.Tensor | None = None
@@ -51,6 +53,7 @@ class Conditions:
     source_object_mask: torch.Tensor | None = None
     references: torch.Tensor | None = None
     reference_masks: torch.Tensor | None = None
+    reference_captions: list[list[str]] | None = None
 
     # -- what is set --------------------------------------------------------------------------
     def present(self) -> tuple[str, ...]:
@@ -87,8 +90,12 @@ class Conditions:
                 _need(tuple(self.reference_masks.shape) == (*r.shape[:2], 1, *r.shape[3:]),
                       f"conditions.reference_masks must be {[*r.shape[:2], 1, *r.shape[3:]]}, "
                       f"got {list(self.reference_masks.shape)}")
+            if self.reference_captions is not None:
+                _check_captions(self.reference_captions, n, r.shape[1])
         elif self.reference_masks is not None:
             raise ConditionError("conditions.reference_masks given without conditions.references")
+        elif self.reference_captions is not None:
+            raise ConditionError("conditions.reference_captions given without conditions.references")
         if self.source_object_mask is not None and self.source_image is None:
             raise ConditionError("conditions.source_object_mask given without conditions.source_image")
         if self.prompt is not None:
@@ -161,6 +168,17 @@ def is_binary(t: torch.Tensor) -> bool:
         return False
     v = t.reshape(-1)
     return float(torch.dot(v, 1.0 - v)) == 0.0
+
+
+def _check_captions(caps: Any, n: int, k: int) -> None:
+    """One list of ``k`` strings per sample, aligned with ``references[i, :k]``."""
+    _need(isinstance(caps, list) and len(caps) == n,
+          f"conditions.reference_captions must hold one list per sample: "
+          f"{len(caps) if isinstance(caps, list) else type(caps).__name__} for {n}")
+    for i, row in enumerate(caps):
+        _need(isinstance(row, list) and len(row) == k and all(isinstance(c, str) for c in row),
+              f"conditions.reference_captions[{i}] must be a list of {k} strings (one per reference), "
+              f"got {row!r:.120}")
 
 
 def _copy(v: Any) -> Any:

@@ -42,12 +42,16 @@ class Requires:
 
     ``conditions`` must be set on ``batch.conditions`` for every call; ``accepts`` may be
     (both name fields of :class:`anoplug.conditions.Conditions`). A condition that is set
-    but in neither is an error, so nothing a user asked for is silently ignored.
+    but in neither is an error, so nothing a user asked for is silently ignored. Depth is a
+    property of the image (``batch.depth``), not a condition: ``depth`` says a method needs
+    it, ``accepts_depth`` that it reads it when present (``anoplug generate --depth DIR`` is
+    refused for a method with neither).
     """
 
     fit: bool = False  # must be trained (``fit``) or loaded first
     anomalies: bool = False  # needs reference (real) anomalies to fit
     depth: bool = False  # needs a depth map per sample (``batch.depth``)
+    accepts_depth: bool = False  # reads ``batch.depth`` when it is there (else estimates or does without)
     object_mask: bool = False  # needs a foreground mask (``batch.object_mask``)
     weights: str = ""  # pretrained weights it can use (name), "" if none
     conditions: tuple[str, ...] = ()  # required per-sample conditions
@@ -64,6 +68,11 @@ class Requires:
     def uses(self) -> tuple[str, ...]:
         """Every condition the method reads (required first)."""
         return tuple(dict.fromkeys((*self.conditions, *self.accepts)))
+
+    @property
+    def reads_depth(self) -> bool:
+        """Reads ``batch.depth`` (needs it or accepts it): a user's ``--depth`` maps reach it."""
+        return self.depth or self.accepts_depth
 
     @property
     def text(self) -> bool:
@@ -146,6 +155,13 @@ class Generator:
     #: True when pixels outside the returned mask are bit-identical to the input
     #: (the conformance kit then checks it).
     preserves_outside_mask: ClassVar[bool] = False
+    #: True when the returned mask says where each defect is. A method that makes an anomalous image
+    #: without locating its defect (image-level label only, e.g. an unconditional DDPM of defect
+    #: images) sets False: its ``mask`` is all zeros and means "unknown", not "no defect pixels";
+    #: each sample's meta says ``provides_mask: False``, the writer writes no ground-truth file and
+    #: records ``"mask": null``, and mask-reading evaluators refuse it. A method whose parameters
+    #: decide it (an optional derived mask) overrides :meth:`mask_provided`.
+    provides_mask: ClassVar[bool] = True
     #: checkpoints shipped inside the plugin package: name -> directory (written by :meth:`save`),
     #: relative to the defining module's folder. The first is the default of :meth:`from_pretrained`
     #: and of ``anoplug generate`` without ``--fit``/``--load``.
@@ -239,9 +255,19 @@ class Generator:
             raise RuntimeError(f"{self.name}: {len(drawn)} sample records for {len(out)} outputs")
         out.conditions = batch.conditions  # the output answers what was asked of the input
         pdict = self.params.model_dump(mode="json")
+        masked = self.mask_provided()
+        if not masked and bool(out.mask.any()):
+            raise RuntimeError(f"{self.name} declares that it provides no mask (provides_mask = False) but returned "
+                               "a non-empty one: return zeros, or declare the mask")
         for i, m in enumerate(out.meta):
             m.update(method=self.name, method_version=self.version, params=pdict, seed=per_sample[i], sample=drawn[i])
+            if not masked:
+                m["provides_mask"] = False  # absent means True: the mask locates the defect
         return out
+
+    def mask_provided(self) -> bool:
+        """Whether *this* configured instance's masks locate its defects (default: the class's ``provides_mask``)."""
+        return bool(type(self).provides_mask)
 
     @property
     def is_fitted(self) -> bool:
@@ -323,15 +349,24 @@ class Generator:
             raise ValueError(f"{cls.name} ships no checkpoint {key!r}; it ships: {', '.join(cls.pretrained)}")
         return Path(sys.modules[cls.__module__].__file__).parent / cls.pretrained[key]
 
+    @classmethod
+    def generation_param_names(cls) -> tuple[str, ...]:
+        """:attr:`generation_params`; for a training-free method that declares none, every parameter
+        (nothing it saves describes learned weights, so nothing has to stay as saved)."""
+        if cls.generation_params or cls.requires.fit:
+            return tuple(cls.generation_params)
+        return tuple(cls.Params.model_fields)
+
     def with_generation_params(self, **overrides: Any) -> Generator:
         """This generator with generation-time parameters changed (validated; the weights untouched).
 
         A name outside :attr:`generation_params` is a :class:`ParamError` naming it and the allowed
         ones: changing, say, a network width after training would describe weights that do not exist.
         """
-        other = [k for k in overrides if k not in self.generation_params]
+        names = self.generation_param_names()
+        other = [k for k in overrides if k not in names]
         if other:
-            allowed = ", ".join(self.generation_params) or "none"
+            allowed = ", ".join(names) or "none"
             raise ParamError(f"{self.name}: {', '.join(map(repr, other))} describe{'s' if len(other) == 1 else ''} the "
                              f"trained model and cannot change after fitting; generation-time parameters: {allowed}")
         self.params = self.Params.parse(**{**self.params.model_dump(), **overrides})

@@ -191,6 +191,13 @@ def condition_variants(name: str, batch: Any, box_label: Any = "anomaly") -> tup
         ra = torch.stack([batch.image[one], batch.image[two]], 1) * (1 - m) + 0.1 * m
         rb = torch.stack([other.image, other.image.flip(-1)], 1) * (1 - m) + 0.9 * m
         return {"references": ra, "reference_masks": m}, {"references": rb, "reference_masks": m}
+    if name == "reference_captions":  # same exemplars, different text: only the captions change
+        m = torch.zeros(n, 2, 1, h, w)
+        m[..., h // 4: 3 * h // 4, w // 4: 3 * w // 4] = 1
+        refs = torch.stack([batch.image[one], batch.image[two]], 1) * (1 - m) + 0.5 * m
+        base = {"references": refs, "reference_masks": m}
+        return ({**base, "reference_captions": [["a scratch", "a scratch"]] * n},
+                {**base, "reference_captions": [["a hole", "a crack"]] * n})
     raise ValueError(f"no kit variants for condition {name!r}; override condition_variants")
 
 
@@ -285,10 +292,16 @@ class GeneratorConformance(_Base):
         assert bool(((output.mask == 0) | (output.mask == 1)).all()), "mask must be binary"
         assert len(output.label) == len(batch) == len(output.meta)
         params = gen.params.model_dump(mode="json")
+        masked = gen.mask_provided()  # False: image-level labels only (Generator.provides_mask)
         for i in range(len(output)):
             anomalous = bool(output.mask[i].any())
-            assert (output.label[i] != "good") == anomalous, f"sample {i}: label {output.label[i]!r} vs mask"
             m = output.meta[i]
+            if masked:
+                assert (output.label[i] != "good") == anomalous, f"sample {i}: label {output.label[i]!r} vs mask"
+                assert m.get("provides_mask", True) is True, f"sample {i}: meta says no mask but the method has one"
+            else:
+                assert not anomalous, f"sample {i}: the method provides no mask but returned a non-empty one"
+                assert m.get("provides_mask") is False, f"sample {i}: a mask-less sample must say provides_mask: False"
             assert m["method"] == gen.name and m["method_version"] == gen.version, f"sample {i}: wrong method in meta"
             assert m["params"] == params, f"sample {i}: meta params differ from the generator's"
             assert m["seed"] == sample_seed(0, i), f"sample {i}: meta seed is not sample_seed(0, {i})"
@@ -331,7 +344,9 @@ class GeneratorConformance(_Base):
         outside = (output.mask == 0).expand_as(output.image)
         assert (output.image[outside] == batch.image[outside]).all(), "pixels outside the mask changed"
 
-    def test_mask_marks_change(self, batch: Any, output: Any) -> None:
+    def test_mask_marks_change(self, gen: Any, batch: Any, output: Any) -> None:
+        if not gen.mask_provided():
+            pytest.skip("the method provides no mask (provides_mask = False)")
         for i in range(len(output)):
             if output.label[i] != "good":
                 m = output.mask[i].bool().expand_as(output.image[i])

@@ -162,7 +162,9 @@ class SyntheticAnomalyDataset(torch.utils.data.Dataset):
     - ``p``: the probability that a sample is synthetic (ASBench's ``percent``);
     - ``length``: samples per epoch (default ``len(source)``; sample *i* reads image ``i % N``);
     - ``output``: ``"tuple"`` gives ``(image [3,H,W], mask [1,H,W], label int)``, ``"dict"`` adds
-      ``anomaly_type`` and ``meta`` (collate those with :meth:`collate`);
+      ``anomaly_type`` and ``meta`` (collate those with :meth:`collate`); a generator that provides
+      no mask (``mask_provided()`` false, e.g. the glass DDPM) is refused in tuple mode, and in dict
+      mode its samples say so in ``meta["generator"]["provides_mask"]``;
     - ``conditions``: per-sample user conditions (:class:`~anoplug.data.inputs.ConditionSource`).
 
     A non-synthetic sample is the source row as it is (a normal's mask is empty, its label 0).
@@ -185,6 +187,10 @@ class SyntheticAnomalyDataset(torch.utils.data.Dataset):
         if length is not None and (not isinstance(length, int) or length < 1):
             raise ValueError(f"length must be a positive integer, got {length!r}")
         self.generator = _make_generator(generator, params)
+        if output == "tuple" and not self.generator.mask_provided():
+            raise ValueError(f"generator {self.generator.name!r} provides no masks (image-level labels only): its "
+                             "all-zero mask would train a segmenter on 'no defect pixels'; use output='dict' and "
+                             "read meta['generator']['provides_mask'], or a configuration that derives a mask")
         self.p, self.seed, self.output, self.conditions = float(p), seed, output, conditions
         self.length = len(src) if length is None else length
         # decoded once per process (each DataLoader worker keeps its own copy); never changes a byte

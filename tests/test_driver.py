@@ -342,6 +342,19 @@ def test_replay_with_local_workers_is_byte_identical(tmp_path: Path, capsys) -> 
     assert _tree(tmp_path / "A") == _tree(tmp_path / "B")
 
 
+def test_demo_runs_procedural_generators_only() -> None:
+    """The demo takes seconds: no method that needs weights (AnoStyler's CLIP + VGG, a diffusion base) or a condition."""
+    from anoplug.cli import demo_generators
+    from anoplug.registry import get_registry
+
+    names = demo_generators(get_registry())
+    assert {"draem", "cutpaste", "nsa"} <= set(names)
+    for name in names:
+        r = get_registry().generator_class(name).requires
+        assert not (r.fit or r.weights or r.conditions or r.depth), name
+    assert not {"anostyler", "anomalyany"} & set(names)
+
+
 def test_demo_sheet_shows_the_samples_it_wrote(tmp_path: Path, capsys, monkeypatch) -> None:
     from anoplug import viz
 

@@ -201,3 +201,24 @@ def test_mark_fitted_is_the_public_way_to_declare_outside_weights_trained(tint):
     assert not gen.is_fitted
     assert gen.mark_fitted() is gen and gen.is_fitted
     assert not gen.mark_fitted(False).is_fitted
+
+
+def test_a_training_free_method_without_declared_generation_params_may_change_any(tmp_path):
+    """Nothing a training-free method saves describes learned weights: ``--load DIR -p NAME=V`` takes any
+    parameter; a learned method with none declared takes none."""
+    from anoplug import get_generator
+    from anoplug.generator import Generator, Requires
+
+    draem = get_generator("draem")
+    assert not type(draem).generation_params and not type(draem).requires.fit
+    assert set(type(draem).generation_param_names()) == set(type(draem).Params.model_fields)
+    draem.save(tmp_path / "d")
+    assert main(["generate", "draem", "--load", str(tmp_path / "d"), "--data", "toy:metal", "-n", "2", "--size", "32",
+                 "--out", str(tmp_path / "o"), "-q", "--workers", "1", "-p", "probability=1"]) == 0
+    rec = json.loads((tmp_path / "o" / "metal" / "manifest.jsonl").read_text().splitlines()[0])
+    assert rec["params"]["probability"] == 1.0
+
+    class Learned(Generator):
+        name = "test-learned-nothing-declared"
+        requires = Requires(fit=True)
+    assert Learned.generation_param_names() == ()

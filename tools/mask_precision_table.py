@@ -45,7 +45,10 @@ OUT_DIR = REPO / "docs" / "results"
 METRICS = ("leakage", "coverage", "change_iou", "boundary_f1", "leakage_mae")
 
 #: toy category a shipped checkpoint was trained on, where its name is not already a toy category.
-CHECKPOINT_DATA: dict[str, str] = {"toy-carpet": "carpet", "textures": "fabric"}
+CHECKPOINT_DATA: dict[str, str] = {"toy-carpet": "carpet", "textures": "fabric",
+                                   "toy-holdout-nut": "nut"}  # Anomagic: the held-out category is its zero-shot target
+#: checkpoints trained on a plugin's own data, not a host toy category: (label, module, normals(n, size=, seed=)).
+PLUGIN_DATA: dict[str, tuple[str, str, str]] = {"elcells": ("anoplug_pdig.elcells", "anoplug_pdig.elcells", "normals")}
 #: generators not run at their defaults, with why: those whose default takes well over ~20 s per image
 #: here (README numbers) run with their ``smoke_params`` (``None``), or the named override where the class
 #: declares none; MemSeg's default grey-threshold foreground finds no foreground on the toy textures.
@@ -98,6 +101,8 @@ def _category_for(cls: Any) -> tuple[str, str]:
         from anoplug.data.toy import CATEGORIES
 
         ck = "metal" if "metal" in ckpts else ckpts[0]  # metal: the procedural rows' inputs, where offered
+        if ck in PLUGIN_DATA:
+            return ck, ck
         cat = CHECKPOINT_DATA.get(ck, ck)
         if cat not in CATEGORIES:
             raise ValueError(f"checkpoint {ck!r}: no known toy category (add it to CHECKPOINT_DATA)")
@@ -161,7 +166,8 @@ def measure(name: str, *, size: int = 64, n: int = 16, seed: int = 0,
     except ValueError as e:
         return Row(name, "skipped", str(e))
     params, label, why = _params_for(name, cls)
-    row = Row(name, "ok", kind="learned" if learned else "training-free", checkpoint=ckpt, data=f"toy:{cat}",
+    data = PLUGIN_DATA[cat][0] if cat in PLUGIN_DATA else f"toy:{cat}"
+    row = Row(name, "ok", kind="learned" if learned else "training-free", checkpoint=ckpt, data=data,
               params=label, params_why=why, outside=_outside(name, cls))
     try:
         normals = (normals_for or _toy_normals)(cat, size, n)
@@ -179,7 +185,7 @@ def measure(name: str, *, size: int = 64, n: int = 16, seed: int = 0,
         source = pool.batch(source_indices(range(n), len(pool)))
         report = anoplug.get_evaluator("mask-precision").evaluate(out, normals=source)
     except Exception as e:  # noqa: BLE001
-        return Row(name, "skipped", f"failed: {_first_line(e)}", row.kind, ckpt, f"toy:{cat}", label, why)
+        return Row(name, "skipped", f"failed: {_first_line(e)}", row.kind, ckpt, data, label, why)
     row.anomalous = int((out.mask.flatten(1).amax(1) >= 0.5).sum())
     if row.anomalous == 0:
         row.status, row.reason = "skipped", f"returned no non-empty mask in {n} samples (image-level label only?)"
@@ -192,6 +198,12 @@ def measure(name: str, *, size: int = 64, n: int = 16, seed: int = 0,
 def _toy_normals(category: str, size: int, n: int) -> Any:
     """``n`` fresh normals (seed-1 renders of the train split: never seen by a seed-0-trained checkpoint)."""
     from anoplug.data.toy import ToyDataset
+
+    if category in PLUGIN_DATA:
+        import importlib
+
+        _, module, fn = PLUGIN_DATA[category]
+        return getattr(importlib.import_module(module), fn)(n, size=size, seed=1)
 
     return ToyDataset(category, "train", size=size, seed=1, length=n).batch(range(n))
 

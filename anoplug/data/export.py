@@ -134,7 +134,7 @@ def _records(root: Path) -> Iterator[dict]:
             _inside(root, rec["image"], where)
             if rec["mask"] is not None:
                 _inside(root, rec["mask"], where)
-            elif rec["label"] != GOOD:
+            elif rec["label"] != GOOD and rec.get("provides_mask") is not False:  # mask-less by design: no mask
                 raise DataError(f"{where}: a {rec['label']!r} sample without a mask")
             yield rec
 

@@ -4,7 +4,9 @@ Layout under ``<out>/<category>/``::
 
     train/good/NNNNNN.png                  normals copied from the source
     test/<label>/NNNNNN.png                generated samples (label "good" -> test/good)
-    ground_truth/<label>/NNNNNN_mask.png   0/255 masks of the anomalous ones
+    ground_truth/<label>/NNNNNN_mask.png   0/255 masks of the anomalous ones (none for a sample whose method
+                                           provides no mask: ``Generator.provides_mask``; its record has
+                                           ``"mask": null, "provides_mask": false``)
     manifest.jsonl                         one line per sample, sorted by index
     draws/NNNNNN.safetensors               a sample's big draws (tensors over 64 values), if any
 
@@ -65,7 +67,7 @@ from PIL import Image
 
 from anoplug.data.base import DataError, Dataset
 from anoplug.data.files import DISK_ERRNOS, TMP, atomic_write, disk_error, dumps_line, make_dir, temporary_for
-from anoplug.data.inputs import ConditionSource
+from anoplug.data.inputs import ConditionSource, check_used
 from anoplug.data.outlock import LOCK, OutputLock
 from anoplug.driver import Executor, InProcess, Plan, dataset_id, png_bytes, safe_label, shards
 from anoplug.generator import Samples
@@ -301,7 +303,8 @@ def _complete(root: Path, rec: dict) -> bool:
         i, label = int(rec["index"]), str(rec["label"])
         mask, draws = rec.get("mask"), rec.get("draws")
         named = (rec["image"] == f"test/{label}/{i:06d}.png"
-                 and mask == (None if label == GOOD else f"ground_truth/{label}/{i:06d}_mask.png")
+                 and mask == (None if label == GOOD or rec.get("provides_mask") is False
+                              else f"ground_truth/{label}/{i:06d}_mask.png")
                  and draws in (None, f"draws/{i:06d}.safetensors"))
     except (KeyError, TypeError, ValueError):
         return False
@@ -333,6 +336,10 @@ def _input_paths(source: Dataset, conditions: ConditionSource | None) -> list[tu
             out.append(("--masks folder", Path(conditions.masks)))
         if conditions.boxes is not None:
             out.append(("--boxes file", Path(conditions.boxes)))
+        if getattr(conditions, "references", None) is not None:
+            out.append(("--references folder", Path(conditions.references)))
+        if getattr(conditions, "depth", None) is not None:
+            out.append(("--depth folder", Path(conditions.depth)))
     return out
 
 
@@ -564,10 +571,7 @@ def write_generated(generator: Any, source: Dataset, out: str | Path, *, n: int,
     if n_train is not None and n_train < 0:
         raise DataError(f"n_train must be non-negative, got {n_train}")
     n_train = min(len(source), 64 if n_train is None else int(n_train))  # never more normals than the source has
-    unused = [c for c in (conditions.names() if conditions else ()) if c not in generator.requires.uses]
-    if unused:  # refuse before anything is written
-        raise DataError(f"{generator.name} does not use conditions.{unused[0]} "
-                        f"(it uses: {', '.join(generator.requires.uses) or 'none'})")
+    check_used(generator, conditions)  # refuse before anything is written
     root = Path(out) / _safe_label(source.category or "dataset")
     identity = {"method": generator.name, "method_version": generator.version,
                 "params": generator.params.model_dump(mode="json"), "seed": int(seed), "dataset": _dataset_id(source),
@@ -740,7 +744,9 @@ def replay_manifest(manifest: str | Path, out: str | Path, *, load: str | Path |
     source = open_dataset(first["data"], split="train", size=size)
     cond = first.get("conditions") or {}
     conditions = ConditionSource(masks=(cond.get("masks") or {}).get("dir"), boxes=(cond.get("boxes") or {}).get("file"),
-                                 prompt=cond.get("prompt"), defect_type=cond.get("defect_type")) if cond else None
+                                 prompt=cond.get("prompt"), defect_type=cond.get("defect_type"),
+                                 references=(cond.get("references") or {}).get("dir"),
+                                 depth=(cond.get("depth") or {}).get("dir")) if cond else None
     return write_generated(gen, source, out, n=count, seed=int(first["seed"]), batch_size=batch_size,
                            n_train=first.get("n_train"), progress=progress, conditions=conditions, data=first["data"],
                            replay=_ManifestRecords(path), replay_root=path.parent, executor=executor)

@@ -313,9 +313,11 @@ class _Worker:
             if store:
                 files.append((fields["draws"], draws_bytes(store)))
             files.append((fields["image"], png_bytes(images[k])))
-            if label != GOOD:
+            if label != GOOD and out.meta[k].get("provides_mask", True):
                 fields["mask"] = f"ground_truth/{label}/{i:06d}_mask.png"
                 files.append((fields["mask"], png_bytes(np.where(masks[k] >= 128, 255, 0).astype(np.uint8))))
+            elif label != GOOD:  # a defect its method did not locate: no mask file, "mask": null (not an empty mask)
+                fields["provides_mask"] = False
             res.encoded.append(Encoded(i, fields, files))
         return res
 

@@ -1,8 +1,8 @@
 """glass-ddpm: the kit (learned variant) and one mechanism test per paper step.
 
-The kit runs with ``mask="nearest_normal"`` (the extension) because its output contract ties
-an anomalous label to a non-empty mask; the paper's mask-less output (``mask="none"``, the
-default) is checked by the tests below, the writer included.
+The kit runs with ``mask="nearest_normal"`` (the extension, an instance that provides masks);
+the paper's mask-less output (``mask="none"``, the default, ``provides_mask = False``) is checked
+by the tests below, the writer included.
 """
 
 from __future__ import annotations
@@ -119,25 +119,33 @@ def test_generation_is_unconditional_and_maskless() -> None:
     b = g.generate(make_toy_batch(3, 32, seed=2), seed=4)
     assert torch.equal(a.image, b.image), "the output depends on the input image: the DDPM is unconditional"
     assert a.label == ["defective"] * 3 and not bool(a.mask.any()), "a mask-less defect image is expected"
-    assert all(m["sample"] == {"mask": "none"} for m in a.meta)
+    assert all(m["sample"] == {"mask": "none"} and m["provides_mask"] is False for m in a.meta)
     assert not torch.equal(a.image, make_toy_batch(3, 32, seed=1).image)
 
 
-def test_writer_writes_a_maskless_defect_with_an_empty_mask(tmp_path) -> None:
-    """Documents how today's writer stores a mask-less defect: the label's folder and an all-black mask file."""
+def test_writer_records_no_mask_for_a_maskless_defect(tmp_path) -> None:
+    """Catches an ignored ``provides_mask = False``: no ground-truth file, ``"mask": null`` — unless the extension is on."""
     import numpy as np
     from PIL import Image
 
     from anoplug.data.toy import ToyDataset
     from anoplug.data.writer import write_generated
 
-    summary = write_generated(_fitted(), ToyDataset("bottle", size=32, length=2), tmp_path, n=2, progress=False)
+    gen = _fitted()
+    assert GlassDDPM.provides_mask is False and not gen.mask_provided()
+    summary = write_generated(gen, ToyDataset("bottle", size=32, length=2), tmp_path / "none", n=2, progress=False)
     recs = [json.loads(line) for line in summary.manifest.read_text().splitlines() if line.strip()]
     assert [r["label"] for r in recs] == ["defective", "defective"]
     assert all(r["sample"] == {"mask": "none"} for r in recs), "the manifest must say the mask is absent by design"
+    assert all(r["mask"] is None and r["provides_mask"] is False for r in recs)
+    assert not (summary.manifest.parent / "ground_truth").exists(), "an empty mask file claims 'no defect pixels'"
+    ext = gen.with_generation_params(mask="nearest_normal")
+    assert ext.mask_provided()  # per instance: the derived mask is a real one
+    summary = write_generated(ext, ToyDataset("bottle", size=32, length=2), tmp_path / "nn", n=2, progress=False)
+    recs = [json.loads(line) for line in summary.manifest.read_text().splitlines() if line.strip()]
     root = summary.manifest.parent
     for r in recs:
-        assert r["mask"] is not None and not np.asarray(Image.open(root / r["mask"])).any()
+        assert "provides_mask" not in r and np.asarray(Image.open(root / r["mask"])).any()
 
 
 # -- 6. memorisation check --------------------------------------------------------------------------------

@@ -207,7 +207,7 @@ class AnomalyHybrid(LearnedGenerator):
     generation_params = ("decoder", "edit", "edit_strength", "edit_jitter", "region_min", "region_max",
                          "crack_width", "fusion", "mask_threshold", "mask_tol", "depth_source", "depth_model",
                          "edge_source")
-    requires = Requires(fit=True, accepts=("target_mask",))
+    requires = Requires(fit=True, accepts=("target_mask",), accepts_depth=True)  # batch.depth with depth_source batch|auto
     preserves_outside_mask = True
     manual_optimization: ClassVar[bool] = True
     pretrained: ClassVar[dict[str, str]] = {"surface3d": "weights/surface3d"}

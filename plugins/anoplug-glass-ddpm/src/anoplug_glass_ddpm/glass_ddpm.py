@@ -19,9 +19,12 @@ Read top to bottom; the code sections carry the same numbers.
 5. **Generation.** Ancestral DDPM sampling from x_T ~ N(0, I) through ``sample_steps``
    steps (paper: all 1000), then the image goes back to [0, 1] at the batch's size. The input
    batch supplies only the count, size and provenance. Label: ``label`` ("defective");
-   mask: empty, by design (``mask="none"``), flagged ``{"mask": "none"}`` in each sample's
-   record. ``mask="nearest_normal"`` derives one against the nearest normal of the bank (an
-   extension, :mod:`anoplug_glass_ddpm.derived_mask`).
+   mask: none, by design (``mask="none"``): the class declares ``provides_mask = False``, so
+   each sample's meta says ``provides_mask: False`` (the returned mask is all zeros and means
+   "unknown"), the writer writes no ground-truth file and records ``"mask": null``, and
+   mask-reading evaluators refuse the samples; the draw record says ``{"mask": "none"}``.
+   ``mask="nearest_normal"`` derives one against the nearest normal of the bank (an
+   extension, :mod:`anoplug_glass_ddpm.derived_mask`); that instance provides a mask.
 6. **Memorisation check** (the spec's pitfall for 63 training images):
    :mod:`anoplug_glass_ddpm.memorisation`.
 7. **The paper's use**, rebalancing a good/defective classifier: :mod:`anoplug_glass_ddpm.rebalance`.
@@ -140,8 +143,8 @@ class GlassDDPM(LearnedGenerator):
     """``fit(normals, anomalies)`` learns the defective class; ``generate(batch)`` samples new defective images.
 
     The input images are not edited: each output is a new image from noise (resized to the
-    batch's size). By design there is no mask (``mask="none"``): a defect label with an empty
-    mask, which the project's kit cannot express yet (see the README).
+    batch's size). By design there is no mask (``mask="none"``, ``provides_mask = False``): an
+    image-level defect label; ``mask="nearest_normal"`` makes an instance that provides one.
     """
 
     name = "glass-ddpm"
@@ -154,7 +157,12 @@ class GlassDDPM(LearnedGenerator):
     generation_params = ("sample_steps", "label", "mask", "mask_threshold", "mask_sigma")
     requires = Requires(fit=True, anomalies=True)
     preserves_outside_mask: ClassVar[bool] = False  # the whole image is generated
+    provides_mask: ClassVar[bool] = False  # the paper's output: an image-level label, no defect region
     pretrained: ClassVar[dict[str, str]] = {"bottle": "weights/bottle"}
+
+    def mask_provided(self) -> bool:
+        """Only the nearest-normal extension locates the defect; the paper's default has no mask."""
+        return self.params.mask != "none"
 
     def __init__(self, params: Any = None, **kw: Any) -> None:
         super().__init__(params, **kw)

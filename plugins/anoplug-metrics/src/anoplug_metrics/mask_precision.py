@@ -86,6 +86,7 @@ class MaskPrecision(Evaluator):
     name = "mask-precision"
     title = "Mask precision (leakage, coverage, boundary)"
     Params = MaskPrecisionParams
+    needs_masks = True  # the masks are the labels: a mask-less method's empty mask would read as "no defect"
 
     def evaluate(self, generated: Batch, *, normals: Batch | None = None, real: Batch | None = None) -> Report:
         if normals is None:

@@ -193,6 +193,7 @@ class DownstreamUtility(Evaluator):
     name = "downstream-utility"
     title = "Downstream utility (DRAEM U-Net or another ASBench pipeline on real defects)"
     Params = UtilityParams
+    needs_masks = True  # the masks are the labels: a mask-less method's empty mask would read as "no defect"
 
     def _resize(self, x: torch.Tensor) -> torch.Tensor:
         s = self.params.size
