@@ -175,6 +175,11 @@ class Generator:
     #: :meth:`with_generation_params` and ``anoplug generate -p`` may change on a fitted, loaded or
     #: shipped model. Everything else describes the trained weights and stays as saved.
     generation_params: ClassVar[tuple[str, ...]] = ()
+    #: named parameter sets (``preset`` name -> field values) of a method whose ``preset`` parameter
+    #: fills the fields a user leaves out. A saved model has every field, so the preset validator
+    #: fills nothing there: :meth:`with_generation_params` applies the set's generation-time fields
+    #: itself (explicit overrides still win), so ``-p preset=cpu`` on a shipped checkpoint switches.
+    presets: ClassVar[dict[str, dict[str, Any]]] = {}
 
     def __init__(self, params: Params | dict | None = None, **kwargs: Any) -> None:
         if params is not None and kwargs:
@@ -364,6 +369,9 @@ class Generator:
         ones: changing, say, a network width after training would describe weights that do not exist.
         """
         names = self.generation_param_names()
+        if overrides.get("preset") in self.presets:  # its generation-time settings; trained ones stay as saved
+            chosen = self.presets[overrides["preset"]]
+            overrides = {**{k: v for k, v in chosen.items() if k in names}, **overrides}
         other = [k for k in overrides if k not in names]
         if other:
             allowed = ", ".join(names) or "none"

@@ -180,12 +180,7 @@ class AnomalyAny(Generator):
     #: (``anoplug generate anomalyany --load DIR -p steps=40``); the host refuses all of them otherwise.
     generation_params: ClassVar[tuple[str, ...]] = tuple(AnomalyAnyParams.model_fields)
 
-    def with_generation_params(self, **overrides: Any) -> AnomalyAny:
-        """As the host's, but a changed ``preset`` also brings its settings (unless given too): the preset
-        validator fills absent fields only, and a saved generator's parameters are all present."""
-        if overrides.get("preset") in PRESETS:
-            overrides = {**PRESETS[overrides["preset"]], **overrides}
-        return super().with_generation_params(**overrides)
+    presets: ClassVar[dict[str, dict[str, Any]]] = PRESETS  # -p preset=NAME on a saved model brings its settings
 
     def __init__(self, params: Any = None, **kw: Any) -> None:
         super().__init__(params, **kw)

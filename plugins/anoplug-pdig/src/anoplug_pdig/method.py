@@ -166,14 +166,7 @@ class Pdig(LearnedGenerator):
         "tidsc_step", "position_weight", "smooth_weight", "boundary_width", "region_dilation", "change_threshold",
         "max_shift")
 
-    def with_generation_params(self, **overrides: Any) -> Pdig:
-        """As the host's, but a changed ``preset`` also brings its sampling settings (unless given too).
-
-        The preset validator only fills fields that are absent, and a saved model has them all, so
-        without this ``-p preset=cpu`` on the shipped checkpoint would rename the preset and keep 50 steps."""
-        if overrides.get("preset") in PRESETS:
-            overrides = {**PRESETS[overrides["preset"]], **overrides}
-        return super().with_generation_params(**overrides)
+    presets: ClassVar[dict[str, dict[str, Any]]] = PRESETS  # -p preset=NAME on a saved model brings its settings
 
     def __init__(self, params: Any = None, **kw: Any) -> None:
         super().__init__(params, **kw)
