@@ -63,11 +63,29 @@ class TinyPaired(TinyDark):
         return out
 
 
+class TinyLearned(TinyDark):
+    """A learned stand-in: fitting needs real anomalies, so a stray re-fit on normals alone raises."""
+
+    name = "tiny-learned"
+    title = "tiny learned square"
+    requires = Requires(fit=True, anomalies=True)
+
+    def fit(self, normals: Any, anomalies: Any = None, **kw: Any) -> Any:
+        if anomalies is None:
+            raise ValueError("tiny-learned.fit needs anomalies")
+        return self.mark_fitted()
+
+    @classmethod
+    def from_pretrained(cls, name_or_dir: Any = None) -> TinyLearned:
+        return cls().mark_fitted()
+
+
 class _TinyPlugin:
     @hookimpl
     def anoplug_generators(self) -> list[GeneratorSpec]:
         return [GeneratorSpec("tiny-dark", TinyDark, title="tiny dark square"),
-                GeneratorSpec("tiny-paired", TinyPaired, title="tiny paired paste")]
+                GeneratorSpec("tiny-paired", TinyPaired, title="tiny paired paste"),
+                GeneratorSpec("tiny-learned", TinyLearned, title="tiny learned square", needs_fit=True)]
 
 
 @pytest.fixture
@@ -153,6 +171,18 @@ def _has(name: str) -> bool:
         return True
     except LookupError:
         return False
+
+
+def test_a_loaded_learned_generator_is_not_fitted_again(registry: Any, tmp_path: Any) -> None:
+    """``--load NAME=DIR`` gives a fitted model: the bench generates with it as loaded (it used to call
+    ``fit(normals)`` on it again, which a method that learns from anomalies refuses)."""
+    (tmp_path / "saved").mkdir()
+    (tmp_path / "saved" / "config.json").write_text("{}")  # what the bench checks before it starts
+    cfg = BenchConfig(generators=["tiny-learned"], data=["toy:metal"], seeds=[0], out=str(tmp_path / "b"), size=32,
+                      n_train=6, n_test=20, n_synthetic=4, evaluators=["mask-precision"],
+                      load={"tiny-learned": str(tmp_path / "saved")})
+    res = run_bench(cfg, progress=False)
+    assert [r["generator"] for r in res["runs"]] == ["tiny-learned"]
 
 
 def test_bench_unknown_generator_fails_early(registry: Any, tmp_path: Any) -> None:

@@ -276,7 +276,7 @@ def generate_set(cfg: BenchConfig, name: str, seed: int, normals: Any, cache_dir
         return Batch(image=t["image"], mask=t["mask"], label=labels), source, 0.0, True
     t0 = time.perf_counter()
     gen = _make_generator(name, params, learned)
-    if getattr(gen, "requires", None) is not None and getattr(gen.requires, "fit", False):
+    if getattr(gen.requires, "fit", False) and not getattr(gen, "is_fitted", False):
         gen.fit(normals, steps=cfg.fit_steps)  # without a Learned pool (direct calls): normals only
     out = generate_batch(gen, pool, range(cfg.n_synthetic), seed=seed)  # the writer's bytes for samples 0..n-1
     seconds = time.perf_counter() - t0
