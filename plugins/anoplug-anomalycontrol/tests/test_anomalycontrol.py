@@ -6,7 +6,6 @@ import pytest
 import torch
 from anoplug_anomalycontrol.asea import in_mask_fraction, run_asea
 from anoplug_anomalycontrol.csm import CSM, tiny_blip2
-from anoplug_anomalycontrol.inpaint import Truncated
 from anoplug_anomalycontrol.method import AnomalyControl
 
 from anoplug.data.toy import render
@@ -139,6 +138,7 @@ def test_inpainting_unet_sees_the_mask_and_masked_image(fitted: AnomalyControl):
 
 def test_strength_truncates_the_schedule():
     """Catches running all steps from pure noise: strength 0.7 keeps the last int(0.7·n) steps (pipeline get_timesteps)."""
+    from anoplug.diffusion.img2img import Truncated
     from anoplug.diffusion.loading import make_scheduler
 
     s = Truncated(make_scheduler("ddim"), 0.7)

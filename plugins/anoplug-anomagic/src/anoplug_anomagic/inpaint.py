@@ -5,7 +5,7 @@ legacy pipeline (pinned ``diffusers==0.22.1``). That pipeline is img2img with th
 re-noised and pasted at every step; re-implemented on :func:`anoplug.diffusion.sampling.sample`:
 
 1. ``strength``: of ``num_steps`` scheduler steps only the last ``int(num_steps·strength)`` run
-   (:class:`Truncated`); the start is ``x = add_noise(z0, ε, t_start)`` with one noise draw ε;
+   (:class:`anoplug.diffusion.img2img.Truncated`); the start is ``x = add_noise(z0, ε, t_start)`` with one noise draw ε;
 2. after each step, ``x ← q(z0, ε, t)·keep + x·(1 − keep)``: the known region at the step's
    level ``t``, with the *same* ε as the start (the pipeline's ``add_predicted_noise=False``);
 3. after the loop, ``x ← z0·keep + x·(1 − keep)`` before decoding.
@@ -16,42 +16,12 @@ re-noised and pasted at every step; re-implemented on :func:`anoplug.diffusion.s
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
 from anoplug.diffusion.sampling import Hook, SamplingContext
 
-__all__ = ["Truncated", "LegacyKnownRegion", "start_latent"]
-
-
-class Truncated:
-    """A scheduler whose ``set_timesteps`` keeps only the last ``int(n·strength)`` timesteps (img2img).
-
-    Everything else is the wrapped scheduler's (its step finds its own index from the timestep).
-    """
-
-    def __init__(self, scheduler: Any, strength: float) -> None:
-        self._inner = scheduler
-        self._strength = float(strength)
-        self.timesteps: torch.Tensor | None = None
-
-    def set_timesteps(self, num_steps: int, device: Any = None) -> None:
-        self._inner.set_timesteps(num_steps, device=device)
-        keep = min(int(num_steps * self._strength), num_steps)
-        self.timesteps = self._inner.timesteps[num_steps - keep:]
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-
-def start_latent(scheduler: Any, z0: torch.Tensor, noise: torch.Tensor, num_steps: int, strength: float) -> torch.Tensor:
-    """Step 1: ``z0`` noised to the first kept timestep (``z0`` itself when no step runs)."""
-    probe = Truncated(scheduler, strength)
-    probe.set_timesteps(num_steps, device=z0.device)
-    if len(probe.timesteps) == 0:
-        return z0.clone()
-    return scheduler.add_noise(z0, noise, probe.timesteps[:1].repeat(len(z0)))
+__all__ = ["LegacyKnownRegion"]
 
 
 @dataclass(eq=False)

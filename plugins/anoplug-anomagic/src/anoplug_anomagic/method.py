@@ -352,8 +352,9 @@ class Anomagic(LearnedGenerator):
                  rngs: Sequence[torch.Generator]) -> torch.Tensor:
         """Step 4: the legacy inpaint loop on a batch of latents; returns the final latents."""
         from anoplug.diffusion.blend import per_sample_randn
+        from anoplug.diffusion.img2img import Truncated, start_latent
         from anoplug.diffusion.sampling import ClassifierFreeGuidance, sample
-        from anoplug_anomagic.inpaint import LegacyKnownRegion, Truncated, start_latent
+        from anoplug_anomagic.inpaint import LegacyKnownRegion
 
         p = self.params
         noise = per_sample_randn(z0.shape[1:], rngs, z0.device)

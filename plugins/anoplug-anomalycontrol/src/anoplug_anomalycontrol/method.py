@@ -317,9 +317,9 @@ class AnomalyControl(LearnedGenerator):
     def generate_batch(self, batch: Batch, rngs: Sequence[torch.Generator],
                        samples: Samples | None = None) -> tuple[Batch, Samples]:
         from anoplug.diffusion.blend import per_sample_randn
+        from anoplug.diffusion.img2img import Truncated, start_latent
         from anoplug.diffusion.loading import make_scheduler
         from anoplug.diffusion.sampling import ClassifierFreeGuidance, FinalComposite, sample
-        from anoplug_anomalycontrol.inpaint import Truncated, start_latent
 
         p = self.params
         drawn = self.sample(batch, rngs)  # every rng advanced to where its noise starts, replay or not
