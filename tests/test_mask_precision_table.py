@@ -74,6 +74,13 @@ class NoMask(TidySquare):
         return out
 
 
+class DeclaredMaskless(NoMask):
+    """The same, declared: ``provides_mask = False`` (an unconditional defect DDPM)."""
+
+    name = "declared-maskless"
+    provides_mask = False
+
+
 class FakeFeature(FeatureGenerator):
     name = "fake-feature"
     paper = Paper("test generator")
@@ -89,6 +96,7 @@ class _Plugin:
     def anoplug_generators(self) -> list[GeneratorSpec]:
         return [GeneratorSpec("tidy-square", TidySquare), GeneratorSpec("leaky-square", LeakySquare),
                 GeneratorSpec("fake-feature", FakeFeature, category="feature"), GeneratorSpec("no-mask", NoMask),
+                GeneratorSpec("declared-maskless", DeclaredMaskless),
                 GeneratorSpec("weightless-learned", WeightlessLearned, needs_fit=True)]
 
 
@@ -121,6 +129,7 @@ def test_every_registered_generator_is_listed(tool: Any) -> None:
     rows = {r["generator"]: r for r in res["rows"]}
     assert {"tidy-square", "leaky-square", "fake-feature", "weightless-learned", "no-mask"} <= set(rows)
     assert rows["no-mask"]["status"] == "skipped" and "no non-empty mask" in rows["no-mask"]["reason"]
+    assert rows["declared-maskless"]["status"] == "skipped" and "provides no mask" in rows["declared-maskless"]["reason"]
     assert rows["fake-feature"]["status"] == "skipped" and "feature-level" in rows["fake-feature"]["reason"]
     assert rows["weightless-learned"]["status"] == "skipped" and "no weights" in rows["weightless-learned"]["reason"]
     assert "- `fake-feature`: feature-level" in tool.markdown(res)

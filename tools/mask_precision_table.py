@@ -46,7 +46,8 @@ METRICS = ("leakage", "coverage", "change_iou", "boundary_f1", "leakage_mae")
 
 #: toy category a shipped checkpoint was trained on, where its name is not already a toy category.
 CHECKPOINT_DATA: dict[str, str] = {"toy-carpet": "carpet", "textures": "fabric",
-                                   "toy-holdout-nut": "nut"}  # Anomagic: the held-out category is its zero-shot target
+                                   "toy-holdout-nut": "nut",  # Anomagic: the held-out category is its zero-shot target
+                                   "toy-defects": "metal"}  # AnomalyControl: trained on several; metal among them
 #: checkpoints trained on a plugin's own data, not a host toy category: (label, module, normals(n, size=, seed=)).
 PLUGIN_DATA: dict[str, tuple[str, str, str]] = {"elcells": ("anoplug_pdig.elcells", "anoplug_pdig.elcells", "normals")}
 #: generators not run at their defaults, with why: those whose default takes well over ~20 s per image
@@ -73,6 +74,10 @@ OUTSIDE_NOTES: dict[str, str] = {
     "nsa": "Poisson blending spreads the change",
     "bboxdiffusion": "diffusion of the whole latent",
     "hybrid": "depends on the member drawn",
+    "anodapter": "image and mask both drawn from noise (vs its empty-mask twin: notebook 03 §4)",
+    "anomagic": "known region pasted in the latent; the VAE decode moves every pixel",
+    "cagen": "latent fusion outside the mask; the VAE decode moves every pixel",
+    "anomalycontrol": "Gaussian-blurred composite: a thin ring around the mask",
 }
 
 
@@ -179,6 +184,9 @@ def measure(name: str, *, size: int = 64, n: int = 16, seed: int = 0,
                 gen.params = gen.Params(**{**gen.params.model_dump(), **params})  # generation-time settings
         else:
             gen = anoplug.get_generator(name, **params)
+        if not gen.mask_provided():
+            return Row(name, "skipped", "provides no mask (image-level label only, by design)", row.kind, ckpt, data,
+                       label, why)
         pool = InMemoryDataset(normals)
         out = generate_batch(gen, pool, range(n), seed=seed, conditions=_conditions(cls, cat, n))
         row.seconds = time.perf_counter() - t0
