@@ -80,6 +80,18 @@ class TinyLearned(TinyDark):
         return cls().mark_fitted()
 
 
+class TinyMaskless(TinyDark):
+    """Darkens a square but, like an unconditional defect DDPM, does not say where: no mask."""
+
+    name = "tiny-maskless"
+    provides_mask = False
+
+    def apply(self, batch: Any, samples: list[dict]) -> Any:
+        out = super().apply(batch, samples)
+        out.mask.zero_()
+        return out
+
+
 class _TinyPlugin:
     @hookimpl
     def anoplug_generators(self) -> list[GeneratorSpec]:
@@ -216,6 +228,20 @@ def test_cli_bench_and_evaluate(registry: Any, tmp_path: Any, capsys: Any) -> No
                  "--param", "subsets=2", "--param", "resize=32", "--out", str(tmp_path / "kid.json")]) == 0
     assert json.loads((tmp_path / "kid.json").read_text())["evaluator"] == "kid"
     assert main(["evaluate", "--evaluator", "kid", "--generated", str(tmp_path / "nowhere")]) == 2
+
+
+def test_evaluate_refuses_mask_precision_on_a_maskless_tree(registry: Any, tmp_path: Any, capsys: Any) -> None:
+    """The manifest's ``provides_mask: false`` reaches the evaluator: an empty mask is not scored as "no defect"."""
+    from anoplug.cli import main
+    from anoplug.data.toy import ToyDataset
+    from anoplug.data.writer import write_generated
+
+    tree = tmp_path / "gen"
+    write_generated(TinyMaskless(), ToyDataset("metal", "train", size=32, length=4), tree, n=4, progress=False)
+    capsys.readouterr()
+    assert main(["evaluate", "--evaluator", "mask-precision", "--generated", str(tree / "metal")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "provides no mask" in err[0], err
 
 
 def test_paired_source_samples_match_the_writer(registry: Any, tmp_path: Any) -> None:

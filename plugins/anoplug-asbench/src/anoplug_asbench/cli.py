@@ -134,7 +134,10 @@ def read_generated_tree(root: str | Path, size: int | None = None) -> tuple[Any,
     images = [root / r["image"] for r in recs]
     masks = [root / r["mask"] if r.get("mask") else None for r in recs]
     gen = Batch.from_paths(images, masks, size=size, label=[r["label"] for r in recs],
-                           meta=[{"source": r.get("source"), "index": r["index"]} for r in recs])
+                           meta=[{"source": r.get("source"), "index": r["index"], "method": r.get("method"),
+                                  # a mask-less method's record: mask-reading evaluators must refuse, not score it
+                                  **({"provides_mask": False} if r.get("provides_mask") is False else {})}
+                                 for r in recs])
     src_paths = [root / "train" / "good" / f"{int(r.get('source_index', -1)):06d}.png" for r in recs]
     sources = Batch.from_paths(src_paths, size=size) if all(p.is_file() for p in src_paths) else None
     return gen, sources
